@@ -1,0 +1,200 @@
+"""`vigil`: the command line. stdout carries only the requested output; logs go to stderr.
+
+Exit codes: 0 success; 1 unexpected error (a bug: please report it); 2 usage, configuration or
+input-file error; 3 the database or broker cannot be reached; 4 a migration failed or an applied
+migration was edited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from services.errors import VigilError
+from services.settings import Settings
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    name="vigil",
+    help=(
+        "Vigil: remote monitoring of diabetes, hypertension and weight.\n\n"
+        "Devices and apps send readings; Vigil stores each exactly once, raises clinical alerts "
+        "for coaches and bills clients per active member per month.\n\n"
+        "Configuration comes from VIGIL_* environment variables: VIGIL_DATABASE_URL (PostgreSQL, "
+        "default postgresql://postgres@127.0.0.1:5432/vigil), VIGIL_MQTT_URL, VIGIL_ENV "
+        "(development | test | production). Exit codes: 0 ok, 1 bug, 2 usage or input error, "
+        "3 database or broker unreachable, 4 migration error."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+db_app = typer.Typer(help="Database schema: migrations.", no_args_is_help=True)
+quarantine_app = typer.Typer(
+    help="Rejected readings: every one is kept with its reason code until replayed.",
+    no_args_is_help=True,
+)
+app.add_typer(db_app, name="db")
+app.add_typer(quarantine_app, name="quarantine")
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        typer.echo(f"vigil: configuration error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _logging(settings: Settings) -> None:
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a command's coroutine, mapping Vigil's typed errors to documented exit codes."""
+    try:
+        return asyncio.run(coro)
+    except VigilError as exc:
+        typer.echo(f"vigil: {exc}", err=True)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
+@db_app.command("migrate")
+def db_migrate() -> None:
+    """Create the database if needed and apply pending migrations (idempotent).
+
+    A migration edited after it was applied is refused (exit 4). With the TimescaleDB extension
+    available, readings become a hypertable with compression, retention and continuous
+    aggregates; otherwise plain PostgreSQL tables with the same semantics are used.
+    """
+    from services.commands import migrate_command
+
+    settings = _settings()
+    _logging(settings)
+    result = run(migrate_command(settings))
+    typer.echo(
+        f"migrations applied: {len(result.applied)} ({', '.join(result.applied) or 'none pending'});"
+        f" storage: {result.storage_mode}"
+    )
+
+
+@app.command("import")
+def import_file(
+    file: Annotated[Path, typer.Argument(help="Onboarding file (YAML or JSON), see docs/onboarding.md")],
+) -> None:
+    """Load clients, contracts, coaches, members, care plans, enrollments and devices.
+
+    Re-importing the same file changes nothing. An invalid entry is reported with its entry and
+    field, and nothing from the file is written (exit 2).
+    """
+    from services.commands import import_command
+
+    settings = _settings()
+    _logging(settings)
+    summary = run(import_command(settings, file))
+    typer.echo(summary)
+
+
+@app.command("ingest")
+def ingest(
+    file: Annotated[Path, typer.Argument(help="Reading file: one JSON reading per line (JSONL)")],
+    batch_size: Annotated[int | None, typer.Option(help="Readings per transaction")] = None,
+    output: Annotated[str, typer.Option("--format", help="table | json")] = "table",
+) -> None:
+    """Send a reading file through the pipeline and print counts.
+
+    Prints accepted, duplicate and rejected counts (by reason code). Rejected readings are kept in
+    quarantine. Exits 0 when the file was processed, whatever was rejected.
+    """
+    from services.commands import ingest_command
+
+    settings = _settings()
+    _logging(settings)
+    counts = run(ingest_command(settings, file, batch_size or settings.batch_size))
+    typer.echo(counts.render(output))
+
+
+@quarantine_app.command("list")
+def quarantine_list(
+    reason: Annotated[str | None, typer.Option(help="Only this reason code")] = None,
+    device: Annotated[str | None, typer.Option(help="Only this device")] = None,
+    status: Annotated[str, typer.Option(help="open | resolved | all")] = "open",
+    limit: Annotated[int, typer.Option(help="At most this many entries")] = 100,
+    output: Annotated[str, typer.Option("--format", help="table | jsonl")] = "table",
+) -> None:
+    """List quarantined readings, newest first, with reason code and raw payload."""
+    from services.commands import quarantine_list_command
+
+    settings = _settings()
+    _logging(settings)
+    typer.echo(run(quarantine_list_command(settings, reason, device, status, limit, output)))
+
+
+@quarantine_app.command("replay")
+def quarantine_replay(
+    reason: Annotated[str | None, typer.Option(help="Only entries with this reason code")] = None,
+    device: Annotated[str | None, typer.Option(help="Only this device's entries")] = None,
+    entry_id: Annotated[list[int] | None, typer.Option("--id", help="Only these entries")] = None,
+) -> None:
+    """Re-run open quarantine entries through the pipeline after their cause was fixed.
+
+    Entries that are now accepted (or turn out to be duplicates) are marked resolved; the others
+    stay open with their new reason and an attempt count.
+    """
+    from services.commands import quarantine_replay_command
+
+    settings = _settings()
+    _logging(settings)
+    typer.echo(run(quarantine_replay_command(settings, reason, device, entry_id or [])))
+
+
+@app.command("demo")
+def demo(
+    members: Annotated[int, typer.Option(help="Simulated members")] = 60,
+    rate: Annotated[float, typer.Option(help="Readings per second streamed")] = 20.0,
+    duration: Annotated[float | None, typer.Option(help="Stop after this many seconds")] = None,
+) -> None:
+    """Run Vigil with a simulated population: migrate, import, stream readings.
+
+    Uses VIGIL_DATABASE_URL and VIGIL_MQTT_URL when they are reachable; otherwise starts private
+    PostgreSQL and Mosquitto servers under VIGIL_STATE_DIR. Ctrl-C stops it.
+    """
+    from services.demo import demo_command
+
+    settings = _settings()
+    _logging(settings)
+    run(demo_command(settings, members=members, rate=rate, duration=duration))
+
+
+@app.command("bench")
+def bench(
+    name: Annotated[str | None, typer.Argument(help="Benchmark name (default: all)")] = None,
+    quick: Annotated[bool, typer.Option("--quick", help="Seconds, for CI and rechecks")] = False,
+) -> None:
+    """Run benchmarks and record figures in docs/benchmarks.md and docs/benchmarks.jsonl."""
+    from bench import run_benchmarks
+
+    settings = _settings()
+    _logging(settings)
+    run(run_benchmarks(settings, name, quick=quick))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""The coroutines behind the CLI commands: each opens what it needs and closes it again."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import asyncpg
+
+from services.errors import StorageUnavailable
+from services.ingest_file import IngestCounts, ingest_file
+from services.pipeline import NullSink, ReadingPipeline, ReadingSink
+from services.quarantine import list_entries, render_entries, replay
+from services.settings import Settings
+from services.storage.db import ensure_database, open_pool
+from services.storage.migrate import MigrateResult, migrate
+
+
+def reading_sink(pool: asyncpg.Pool, settings: Settings) -> ReadingSink:
+    """The rule engine's entry point for committed readings (alerting/ plugs in here)."""
+    return NullSink()
+
+
+def build_pipeline(pool: asyncpg.Pool, settings: Settings) -> ReadingPipeline:
+    return ReadingPipeline(
+        pool,
+        sink=reading_sink(pool, settings),
+        max_payload_bytes=settings.max_payload_bytes,
+        clock_future_tolerance=settings.clock_future_tolerance,
+    )
+
+
+async def migrate_command(settings: Settings) -> MigrateResult:
+    await ensure_database(settings.dsn())
+    try:
+        conn = await asyncpg.connect(settings.dsn())
+    except (OSError, asyncpg.PostgresError) as exc:
+        raise StorageUnavailable(f"cannot connect to PostgreSQL: {exc}") from exc
+    try:
+        return await migrate(conn, settings)
+    finally:
+        await conn.close()
+
+
+async def import_command(settings: Settings, path: Path) -> str:
+    from services.onboarding import import_onboarding_file
+
+    async with open_pool(settings.dsn(), max_size=2) as pool:
+        summary = await import_onboarding_file(pool, path)
+    return summary.render()
+
+
+async def ingest_command(settings: Settings, path: Path, batch_size: int) -> IngestCounts:
+    async with open_pool(settings.dsn(), max_size=2) as pool:
+        return await ingest_file(build_pipeline(pool, settings), path, batch_size)
+
+
+async def quarantine_list_command(
+    settings: Settings, reason: str | None, device: str | None, status: str, limit: int, fmt: str
+) -> str:
+    async with open_pool(settings.dsn(), max_size=1) as pool:
+        entries = await list_entries(pool, reason=reason, device=device, status=status, limit=limit)
+    return render_entries(entries, fmt)
+
+
+async def quarantine_replay_command(
+    settings: Settings, reason: str | None, device: str | None, ids: list[int]
+) -> str:
+    async with open_pool(settings.dsn(), max_size=2) as pool:
+        result = await replay(build_pipeline(pool, settings), pool, reason=reason, device=device,
+                              ids=ids)  # fmt: skip
+    return json.dumps(result)

@@ -1,0 +1,1 @@
+"""PostgreSQL storage: the connection pool, ordered SQL migrations and the TimescaleDB path."""
