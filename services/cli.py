@@ -7,7 +7,6 @@ migration was edited.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
 from collections.abc import Coroutine
@@ -17,6 +16,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from services.errors import VigilError
+from services.runtime import run_loop
 from services.settings import Settings
 
 T = TypeVar("T")
@@ -64,7 +64,7 @@ def _logging(settings: Settings) -> None:
 def run(coro: Coroutine[Any, Any, T]) -> T:
     """Run a command's coroutine, mapping Vigil's typed errors to documented exit codes."""
     try:
-        return asyncio.run(coro)
+        return run_loop(coro)
     except VigilError as exc:
         typer.echo(f"vigil: {exc}", err=True)
         raise typer.Exit(exc.exit_code) from None
@@ -112,6 +112,9 @@ def import_file(
 def ingest(
     file: Annotated[Path, typer.Argument(help="Reading file: one JSON reading per line (JSONL)")],
     batch_size: Annotated[int | None, typer.Option(help="Readings per transaction")] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Worker processes (default: one per core, at most 4)")
+    ] = None,
     output: Annotated[str, typer.Option("--format", help="table | json")] = "table",
 ) -> None:
     """Send a reading file through the pipeline and print counts.
@@ -123,7 +126,7 @@ def ingest(
 
     settings = _settings()
     _logging(settings)
-    counts = run(ingest_command(settings, file, batch_size or settings.batch_size))
+    counts = run(ingest_command(settings, file, batch_size or settings.batch_size, workers))
     typer.echo(counts.render(output))
 
 

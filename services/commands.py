@@ -50,9 +50,10 @@ async def import_command(settings: Settings, path: Path) -> str:
     return summary.render()
 
 
-async def ingest_command(settings: Settings, path: Path, batch_size: int) -> IngestCounts:
-    async with open_pool(settings.dsn(), max_size=2) as pool:
-        return await ingest_file(build_pipeline(pool, settings), path, batch_size)
+async def ingest_command(
+    settings: Settings, path: Path, batch_size: int, workers: int | None
+) -> IngestCounts:
+    return await ingest_file(settings, path, batch_size, workers)
 
 
 async def quarantine_list_command(

@@ -85,6 +85,11 @@ async def pool(settings: Settings, migrated: str) -> AsyncIterator[asyncpg.Pool]
 async def db(pool: asyncpg.Pool) -> asyncpg.Pool:
     """The session's pool, with every data table emptied first."""
     mode = await pool.fetchval("SELECT value FROM vigil_meta WHERE key = 'storage_mode'")
-    tables = DATA_TABLES if mode == "timescale" else (*DATA_TABLES, "reading_rollup_hourly")
+    tables = DATA_TABLES
+    if mode != "timescale":
+        tables = (*DATA_TABLES, "reading_rollup_hourly_materialized")
     await pool.execute(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE")
+    await pool.execute(
+        "UPDATE vigil_meta SET value = '-infinity' WHERE key = 'rollup_watermark'"
+    )
     return pool

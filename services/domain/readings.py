@@ -18,6 +18,7 @@ from typing import Annotated, Any, Final, Literal
 from pydantic import (
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     TypeAdapter,
@@ -39,6 +40,16 @@ PressureFlag = Literal[
     "improper_position",
     "pulse_out_of_range",
 ]
+
+def _json_number(v: Any) -> Any:
+    """Clinical values must be JSON numbers: "62" or true is a wrong type, not a value."""
+    if isinstance(v, int | float | Decimal) and not isinstance(v, bool):
+        return v
+    raise PydanticCustomError(ReasonCode.INVALID_TYPE.value, "must be a JSON number")
+
+
+#: A measured value: a finite JSON number, kept exactly as a Decimal.
+Measure = Annotated[Decimal, BeforeValidator(_json_number), Field(allow_inf_nan=False)]
 
 DeviceId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")]
 #: Sequence numbers are unsigned and fit PostgreSQL's bigint.
@@ -90,7 +101,7 @@ class _ReadingBase(BaseModel):
 
 class GlucoseReading(_ReadingBase):
     kind: Literal["glucose"]
-    value: Decimal | None = Field(default=None, allow_inf_nan=False)
+    value: Measure | None = None
     unit: GlucoseUnit
     meal: Meal | None = None
     flags: tuple[GlucoseFlag, ...] = ()
@@ -114,10 +125,10 @@ class GlucoseReading(_ReadingBase):
 
 class BloodPressureReading(_ReadingBase):
     kind: Literal["blood_pressure"]
-    systolic: Decimal = Field(allow_inf_nan=False)
-    diastolic: Decimal = Field(allow_inf_nan=False)
-    mean_arterial: Decimal | None = Field(default=None, allow_inf_nan=False)
-    pulse: Decimal | None = Field(default=None, allow_inf_nan=False)
+    systolic: Measure
+    diastolic: Measure
+    mean_arterial: Measure | None = None
+    pulse: Measure | None = None
     unit: PressureUnit
     flags: tuple[PressureFlag, ...] = ()
 
@@ -142,7 +153,7 @@ class BloodPressureReading(_ReadingBase):
 
 class WeightReading(_ReadingBase):
     kind: Literal["weight"]
-    value: Decimal = Field(allow_inf_nan=False)
+    value: Measure
     unit: WeightUnit
     flags: tuple[()] = ()
 

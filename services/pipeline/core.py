@@ -5,14 +5,16 @@ memory: two processes storing the same batch both insert with ON CONFLICT DO NOT
 waits for the winner's commit, finds its rows already there and reports them as duplicates.
 
 Per batch, in one transaction:
-1. look up the devices (assignments, in-service date), the stored keys with the same (device, seq),
-   each device's current sequence epoch and each reading's nearest lower sequence number;
-2. classify each reading in arrival order: duplicate (same device, seq and content), clock rule
-   (implausible device time -> effective_at = receive time, clock_corrected), attribution to the
-   member holding the device at effective_at (else unknown_device / unassigned_device), sequence
-   slot (a reused seq with a later effective_at opens a new epoch; an earlier one is seq_conflict);
+1. look up the devices (assignments, in-service date, current sequence epoch) and the stored
+   sequence numbers around the batch's, for the clock rule;
+2. classify each reading in arrival order: clock rule (implausible device time -> effective_at =
+   receive time, clock_corrected), attribution to the member holding the device at effective_at
+   (else unknown_device / unassigned_device), duplicates within the batch;
 3. COPY the accepted rows into a temporary staging table, then insert into the ledger and
-   `readings` (and the hourly rollup on plain PostgreSQL) with ON CONFLICT DO NOTHING;
+   `readings` with ON CONFLICT DO NOTHING. Storing is optimistic: most readings are new, so the
+   ledger is only read for the rows whose (device, seq) slot turned out to be taken. Those are
+   classified again knowing the stored slot: same content is a duplicate, a later time opens a
+   new sequence epoch (wrap-around, reset meter), an earlier one is seq_conflict;
 4. store every rejection in `quarantine` with its raw payload and reason code.
 After the commit, the newly stored readings go to the rule engine's sink.
 """
@@ -35,7 +37,6 @@ from services.domain.reasons import ReasonCode
 from services.pipeline.normalize import AnyReading, NormalizedReading, normalize
 from services.pipeline.payload import reading_from_bytes
 from services.pipeline.sink import NullSink, ReadingSink, StoredReading
-from services.storage.timescale import StorageMode, storage_mode
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,18 @@ _READING_COLUMNS: Final = (
 )  # fmt: skip
 _COLS: Final = ", ".join(_READING_COLUMNS)
 
-_INSERT_SQL: Final = f"""
+_LEDGER_SQL: Final = """
+INSERT INTO reading_keys
+    (device_id, seq_epoch, seq, content_hash, measured_at, effective_at, clock_corrected)
+SELECT device_id, seq_epoch, seq, content_hash, measured_at, effective_at, clock_corrected
+FROM _vigil_stage
+ON CONFLICT DO NOTHING
+"""
+_READINGS_SQL: Final = f"""
+INSERT INTO readings ({_COLS}) SELECT {_COLS} FROM _vigil_stage ON CONFLICT DO NOTHING
+"""
+# When some slots were taken: insert the rest and learn which were ours.
+_INSERT_RETURNING_SQL: Final = f"""
 WITH k AS (
     INSERT INTO reading_keys
         (device_id, seq_epoch, seq, content_hash, measured_at, effective_at, clock_corrected)
@@ -68,40 +80,8 @@ WITH k AS (
     SELECT {", ".join("s." + c for c in _READING_COLUMNS)}
     FROM _vigil_stage s JOIN k USING (device_id, seq_epoch, seq)
     ON CONFLICT DO NOTHING
-    RETURNING member_id, kind, effective_at, flags, glucose_mgdl, systolic_mmhg, diastolic_mmhg,
-              weight_kg
 )
-{{rollup}}
 SELECT device_id, seq_epoch, seq FROM k
-"""
-
-# Plain PostgreSQL only: keep the hourly rollup in step with readings, in the same transaction.
-# (With TimescaleDB it is a continuous aggregate and must not be written to.)
-_ROLLUP_CTE: Final = """
-, rollup AS (
-    INSERT INTO reading_rollup_hourly AS h
-        (member_id, kind, bucket, n, n_values, primary_sum, primary_min, primary_max,
-         diastolic_sum)
-    SELECT member_id, kind, date_trunc('hour', effective_at, 'UTC'), count(*),
-           count(coalesce(glucose_mgdl, systolic_mmhg, weight_kg)),
-           sum(coalesce(glucose_mgdl, systolic_mmhg, weight_kg)),
-           min(coalesce(glucose_mgdl, systolic_mmhg, weight_kg)),
-           max(coalesce(glucose_mgdl, systolic_mmhg, weight_kg)),
-           sum(diastolic_mmhg)
-    FROM r WHERE NOT ('control_solution' = ANY (flags))
-    GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
-    ON CONFLICT (member_id, kind, bucket) DO UPDATE SET
-        n = h.n + excluded.n,
-        n_values = h.n_values + excluded.n_values,
-        primary_sum = CASE WHEN h.primary_sum IS NULL THEN excluded.primary_sum
-                           WHEN excluded.primary_sum IS NULL THEN h.primary_sum
-                           ELSE h.primary_sum + excluded.primary_sum END,
-        primary_min = least(h.primary_min, excluded.primary_min),
-        primary_max = greatest(h.primary_max, excluded.primary_max),
-        diastolic_sum = CASE WHEN h.diastolic_sum IS NULL THEN excluded.diastolic_sum
-                             WHEN excluded.diastolic_sum IS NULL THEN h.diastolic_sum
-                             ELSE h.diastolic_sum + excluded.diastolic_sum END
-)
 """
 
 
@@ -149,43 +129,39 @@ class PreparedBatch:
     rejected: dict[int, ReadingRejected]
 
 
-@dataclass(slots=True)
-class _Assignment:
-    member_id: str
-    start: datetime | None
-    end: datetime | None
+_MIN_TIME: Final = datetime.min.replace(tzinfo=UTC)
 
 
 @dataclass(slots=True)
 class _DeviceState:
     in_service_from: datetime | None
-    assignments: list[_Assignment]
+    assignments: list[tuple[str, datetime | None, datetime | None]]  # member, [from, to)
     epoch: int
     stored_epoch: int
-    # (seq, measured_at) of stored or just-classified readings with a trustworthy clock, by epoch.
-    clock_marks: dict[int, list[tuple[int, datetime]]] = field(default_factory=dict)
+    # (seq, device time) of readings with a trustworthy clock in the current epoch, sorted.
+    clock_marks: list[tuple[int, datetime]] = field(default_factory=list)
 
     def member_at(self, t: datetime) -> str | None:
-        for a in self.assignments:
-            if (a.start is None or a.start <= t) and (a.end is None or t < a.end):
-                return a.member_id
+        for member, start, end in self.assignments:
+            if (start is None or start <= t) and (end is None or t < end):
+                return member
         return None
 
-    def previous_time(self, epoch: int, seq: int) -> datetime | None:
-        marks = self.clock_marks.get(epoch)
+    def previous_time(self, seq: int) -> datetime | None:
+        marks = self.clock_marks
         if not marks:
             return None
-        i = bisect.bisect_left(marks, (seq, datetime.min.replace(tzinfo=UTC)))
+        if marks[-1][0] < seq:  # the usual case: readings arrive in sequence order
+            return marks[-1][1]
+        i = bisect.bisect_left(marks, (seq, _MIN_TIME))
         return marks[i - 1][1] if i > 0 else None
 
-    def mark(self, epoch: int, seq: int, t: datetime) -> None:
-        bisect.insort(self.clock_marks.setdefault(epoch, []), (seq, t))
-
-
-@dataclass(slots=True)
-class _Slot:
-    content_hash: bytes
-    effective_at: datetime
+    def mark(self, seq: int, t: datetime) -> None:
+        marks = self.clock_marks
+        if not marks or marks[-1][0] < seq:
+            marks.append((seq, t))
+        else:
+            bisect.insort(marks, (seq, t))
 
 
 def prepare(items: Sequence[Incoming], max_payload_bytes: int) -> PreparedBatch:
@@ -217,7 +193,7 @@ class ReadingPipeline:
         self._sink: ReadingSink = sink or NullSink()
         self._max_payload_bytes = max_payload_bytes
         self._future_tolerance = clock_future_tolerance
-        self._mode: StorageMode | None = None
+        self._optimistic = True
 
     @property
     def sink(self) -> ReadingSink:
@@ -232,8 +208,6 @@ class ReadingPipeline:
     async def store(self, batch: PreparedBatch) -> BatchResult:
         """Store a prepared batch in one transaction, then hand the new readings to the sink."""
         async with self._pool.acquire() as conn:
-            if self._mode is None:
-                self._mode = await storage_mode(conn)
             for attempt in range(1, 6):
                 try:
                     async with conn.transaction():
@@ -253,13 +227,21 @@ class ReadingPipeline:
         rejected = dict(batch.rejected)
         stored: list[StoredReading] = []
         pending = sorted(batch.normalized)  # arrival order
-        for _ in range(3):
-            if not pending:
-                break
-            accepted, pending = await self._classify_and_insert(
-                conn, batch, pending, outcomes, rejected
+        optimistic = self._optimistic
+        rounds = 0
+        while pending and rounds < 3:
+            rounds += 1
+            result = await self._classify_and_insert(
+                conn, batch, pending, outcomes, rejected, optimistic=optimistic
             )
+            if result is None:  # a slot was taken: nothing was inserted, classify knowing them
+                optimistic = False
+                self._reset(batch, pending, outcomes, rejected)
+                continue
+            accepted, pending = result
             stored.extend(accepted)
+        # Stay pessimistic while batches carry resends (a device replaying its backlog).
+        self._optimistic = optimistic
         for i in pending:  # still racing another writer after three rounds: keep it, never drop
             n = batch.normalized[i]
             rejected[i] = ReadingRejected(
@@ -277,57 +259,72 @@ class ReadingPipeline:
         indices: list[int],
         outcomes: list[Outcome | None],
         rejected: dict[int, ReadingRejected],
-    ) -> tuple[list[StoredReading], list[int]]:
+        *,
+        optimistic: bool,
+    ) -> tuple[list[StoredReading], list[int]] | None:
+        """Classify and insert. Returns the stored readings and the indices to classify again
+        (slots taken meanwhile by another writer), or None when `optimistic` and a slot was
+        already taken (then nothing was inserted)."""
         norm = batch.normalized
-        devices = await self._load_devices(conn, {norm[i].device_id for i in indices})
-        slots, hashes = await self._load_slots(conn, [norm[i] for i in indices])
-        await self._load_clock_marks(conn, devices, [norm[i] for i in indices])
+        items = batch.items
+        readings = [norm[i] for i in indices]
+        devices = await self._load_devices(conn, {n.device_id for n in readings})
+        # Stored (device, seq) slots. An optimistic round does not read them (the ledger's
+        # primary key reports a taken slot), except for devices that ever reused a sequence
+        # number: a resend of a reading stored under an earlier epoch must be recognised first.
+        slots, stored = await self._load_slots(
+            conn,
+            readings if not optimistic else [
+                n for n in readings
+                if (st := devices.get(n.device_id)) is not None and st.stored_epoch > 0
+            ],
+        )  # fmt: skip
+        await self._load_clock_marks(conn, devices, readings)
 
         rows: list[tuple[object, ...]] = []
-        row_index: dict[tuple[str, int, int], int] = {}
-        effective: dict[int, tuple[datetime, bool, str, int]] = {}
-        for i in indices:
-            n = norm[i]
-            item = batch.items[i]
-            key = (n.device_id, n.seq, n.content_hash)
-            if key in hashes:
-                outcomes[i] = Outcome("duplicate", n.device_id, n.seq)
-                continue
-            state = devices.get(n.device_id)
+        accepted: list[tuple[int, tuple[str, int, int], StoredReading]] = []
+        for i, n in zip(indices, readings, strict=True):
+            device_id, seq = n.device_id, n.seq
+            state = devices.get(device_id)
             if state is None:
                 rejected[i] = ReadingRejected(
-                    ReasonCode.UNKNOWN_DEVICE, "no such device in Vigil", n.device_id, n.seq
+                    ReasonCode.UNKNOWN_DEVICE, "no such device in Vigil", device_id, seq
                 )
                 continue
-            eff, corrected = self._effective_time(n, item.received_at, state)
+            received_at = items[i].received_at
+            if (device_id, seq, n.content_hash) in stored:
+                outcomes[i] = Outcome("duplicate", device_id, seq)
+                continue
+            eff, corrected = self._effective_time(n, received_at, state)
+            epoch = state.epoch
+            occupant = slots.get((device_id, epoch, seq))
+            if occupant is not None:
+                if eff <= occupant[1]:
+                    rejected[i] = ReadingRejected(
+                        ReasonCode.SEQ_CONFLICT,
+                        "same sequence number as a stored reading with different content "
+                        "and no later time",
+                        device_id, seq,
+                    )  # fmt: skip
+                    continue
+                # A reused seq with a later time: wrap-around or a reset meter. New epoch.
+                state.epoch = epoch = epoch + 1
+                state.clock_marks = []
             member = state.member_at(eff)
             if member is None:
                 rejected[i] = ReadingRejected(
                     ReasonCode.UNASSIGNED_DEVICE,
                     "the device was not assigned to a member at the reading's time",
-                    n.device_id, n.seq,
+                    device_id, seq,
                 )  # fmt: skip
                 continue
-            epoch = state.epoch
-            occupant = slots.get((n.device_id, epoch, n.seq))
-            if occupant is not None:
-                if eff <= occupant.effective_at:
-                    rejected[i] = ReadingRejected(
-                        ReasonCode.SEQ_CONFLICT,
-                        "same sequence number as a stored reading with different content "
-                        "and no later time",
-                        n.device_id, n.seq,
-                    )  # fmt: skip
-                    continue
-                # Sequence reuse with a later time: wrap-around or a reset meter. New epoch.
-                state.epoch = epoch = epoch + 1
-            slots[(n.device_id, epoch, n.seq)] = _Slot(n.content_hash, eff)
-            hashes.add(key)
+            slot = (device_id, epoch, seq)
+            slots[slot] = (n.content_hash, eff)
+            stored.add((device_id, seq, n.content_hash))
             if not corrected:
-                state.mark(epoch, n.seq, n.measured_at)
-            effective[i] = (eff, corrected, member, epoch)
-            row_index[(n.device_id, epoch, n.seq)] = i
-            rows.append(_row(n, item, eff, corrected, member, epoch))
+                state.mark(seq, n.measured_at)
+            rows.append(_row(n, items[i], eff, corrected, member, epoch))
+            accepted.append((i, slot, StoredReading(n, member, epoch, eff, received_at, corrected)))
 
         raised = [(d, st.epoch) for d, st in devices.items() if st.epoch > st.stored_epoch]
         if raised:
@@ -337,37 +334,60 @@ class ReadingPipeline:
         if not rows:
             return [], []
         await conn.execute(
-            f"CREATE TEMP TABLE IF NOT EXISTS _vigil_stage "
-            f"(LIKE readings INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+            "CREATE TEMP TABLE IF NOT EXISTS _vigil_stage "
+            "(LIKE readings INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
         )
+        # Ledger order = primary-key order, so concurrent writers lock keys in the same order.
+        rows.sort(key=_slot_order)
         await conn.copy_records_to_table("_vigil_stage", records=rows, columns=_READING_COLUMNS)
-        sql = _INSERT_SQL.format(rollup=_ROLLUP_CTE if self._mode == "postgres" else "")
-        inserted = {(r[0], r[1], r[2]) for r in await conn.fetch(sql)}
+        inserted = await self._insert_staged(conn, len(rows), optimistic=optimistic)
+        if inserted is _TAKEN:
+            return None
 
-        stored: list[StoredReading] = []
+        new: list[StoredReading] = []
         lost: list[int] = []
-        for slot_key, i in row_index.items():
-            n = norm[i]
-            if slot_key in inserted:
-                eff, corrected, member, epoch = effective[i]
-                outcomes[i] = Outcome("accepted", n.device_id, n.seq)
-                stored.append(_stored(n, batch.items[i], eff, corrected, member, epoch))
+        for i, slot, stored_reading in accepted:
+            if inserted is None or slot in inserted:
+                outcomes[i] = Outcome("accepted", slot[0], slot[2])
+                new.append(stored_reading)
             else:
                 lost.append(i)
-        if not lost:
-            return stored, []
-        # Another writer committed these keys first. Same content: a duplicate. Else classify again.
-        again = await conn.fetch(
-            "SELECT u.i FROM unnest($1::text[], $2::bigint[], $3::bytea[], $4::int[]) "
-            "AS u(device_id, seq, content_hash, i) "
-            "JOIN reading_keys k USING (device_id, seq, content_hash)",
-            [norm[i].device_id for i in lost], [norm[i].seq for i in lost],
-            [norm[i].content_hash for i in lost], lost,
-        )  # fmt: skip
-        dup = {r["i"] for r in again}
-        for i in dup:
-            outcomes[i] = Outcome("duplicate", norm[i].device_id, norm[i].seq)
-        return stored, sorted(i for i in lost if i not in dup)
+        # The slots of `lost` were taken (by an earlier batch, or by another writer that just
+        # committed): classify them again, reading the stored slots.
+        return new, lost
+
+    async def _insert_staged(
+        self, conn: asyncpg.Connection, n_rows: int, *, optimistic: bool
+    ) -> set[tuple[str, int, int]] | None | object:
+        """Insert the staged rows into the ledger and `readings`. Returns None when every row
+        was new (the common case, with no join); when some slot was taken, `_TAKEN` if
+        `optimistic` (nothing inserted), else the slots that were inserted."""
+        try:
+            async with conn.transaction():  # a savepoint: undone if any slot was taken
+                status = await conn.execute(_LEDGER_SQL)
+                if int(status.rsplit(" ", 1)[1]) != n_rows:
+                    raise _SlotsTaken
+                await conn.execute(_READINGS_SQL)
+        except _SlotsTaken:
+            if optimistic:
+                await conn.execute("TRUNCATE _vigil_stage")
+                return _TAKEN
+            rows = await conn.fetch(_INSERT_RETURNING_SQL)
+            return {(r[0], r[1], r[2]) for r in rows}
+        return None
+
+    @staticmethod
+    def _reset(
+        batch: PreparedBatch,
+        pending: list[int],
+        outcomes: list[Outcome | None],
+        rejected: dict[int, ReadingRejected],
+    ) -> None:
+        """Forget an abandoned round's verdicts on `pending` before classifying them again."""
+        for i in pending:
+            outcomes[i] = None
+            if i not in batch.rejected:
+                rejected.pop(i, None)
 
     def _effective_time(
         self, n: NormalizedReading, received_at: datetime, state: _DeviceState
@@ -380,7 +400,7 @@ class ReadingPipeline:
             or (state.in_service_from is not None and t < state.in_service_from)
         ):
             return received_at, True
-        previous = state.previous_time(state.epoch, n.seq)
+        previous = state.previous_time(n.seq)
         if previous is not None and t < previous:  # the clock went backwards
             return received_at, True
         return t, False
@@ -389,7 +409,7 @@ class ReadingPipeline:
         self, conn: asyncpg.Connection, device_ids: set[str]
     ) -> dict[str, _DeviceState]:
         rows = await conn.fetch(
-            """SELECT d.id, d.in_service_from, d.seq_epoch AS epoch, a.member_id,
+            """SELECT d.id, d.in_service_from, d.seq_epoch, a.member_id,
                       a.assigned_from, a.assigned_to
                FROM devices d LEFT JOIN device_assignments a ON a.device_id = d.id
                WHERE d.id = ANY($1::text[])""",
@@ -397,29 +417,30 @@ class ReadingPipeline:
         )
         out: dict[str, _DeviceState] = {}
         for r in rows:
-            state = out.get(r["id"])
+            state = out.get(r[0])
             if state is None:
-                isf: date | None = r["in_service_from"]
-                state = out[r["id"]] = _DeviceState(
+                isf: date | None = r[1]
+                state = out[r[0]] = _DeviceState(
                     in_service_from=(
                         None
                         if isf is None
                         else datetime.combine(isf, time(), UTC) - _EARLIEST_ZONE_OFFSET
                     ),
                     assignments=[],
-                    epoch=r["epoch"],
-                    stored_epoch=r["epoch"],
+                    epoch=r[2],
+                    stored_epoch=r[2],
                 )
-            if r["member_id"] is not None:
-                state.assignments.append(
-                    _Assignment(r["member_id"], r["assigned_from"], r["assigned_to"])
-                )
+            if r[3] is not None:
+                state.assignments.append((r[3], r[4], r[5]))
         return out
 
     async def _load_slots(
         self, conn: asyncpg.Connection, readings: list[NormalizedReading]
-    ) -> tuple[dict[tuple[str, int, int], _Slot], set[tuple[str, int, bytes]]]:
-        """Stored keys sharing (device, seq) with the batch, in every epoch."""
+    ) -> tuple[dict[tuple[str, int, int], tuple[bytes, datetime]], set[tuple[str, int, bytes]]]:
+        """Stored keys sharing (device, seq) with these readings, in every epoch: the slots by
+        (device, epoch, seq), and the (device, seq, content) identities."""
+        if not readings:
+            return {}, set()
         rows = await conn.fetch(
             "SELECT k.device_id, k.seq_epoch, k.seq, k.content_hash, k.effective_at "
             "FROM (SELECT DISTINCT * FROM unnest($1::text[], $2::bigint[]) AS u(device_id, seq)) u "
@@ -427,12 +448,7 @@ class ReadingPipeline:
             [n.device_id for n in readings],
             [n.seq for n in readings],
         )
-        slots = {
-            (r["device_id"], r["seq_epoch"], r["seq"]): _Slot(r["content_hash"], r["effective_at"])
-            for r in rows
-        }
-        hashes = {(r["device_id"], r["seq"], r["content_hash"]) for r in rows}
-        return slots, hashes
+        return {(r[0], r[1], r[2]): (r[3], r[4]) for r in rows}, {(r[0], r[2], r[3]) for r in rows}
 
     async def _load_clock_marks(
         self,
@@ -469,11 +485,9 @@ class ReadingPipeline:
             [devices[d].epoch for d in ids],
         )
         for r in rows:
-            state = devices[r["device_id"]]
-            state.clock_marks.setdefault(state.epoch, []).append((r["seq"], r["measured_at"]))
+            devices[r[0]].clock_marks.append((r[1], r[2]))
         for state in devices.values():
-            for marks in state.clock_marks.values():
-                marks.sort()
+            state.clock_marks.sort()
 
     async def _quarantine(
         self,
@@ -522,6 +536,17 @@ class ReadingPipeline:
                 "attempts = attempts + 1, last_attempt = now() WHERE id = $1",
                 done,
             )
+
+
+_TAKEN: Final = object()
+
+
+class _SlotsTaken(Exception):  # noqa: N818 - control flow inside _insert_staged only
+    pass
+
+
+def _slot_order(row: tuple[object, ...]) -> tuple[str, int, int]:
+    return row[0], row[2], row[1]  # type: ignore[return-value]  # device_id, seq, seq_epoch
 
 
 def _row(

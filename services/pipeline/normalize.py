@@ -8,9 +8,9 @@ a resend is recognised whatever happened to the device clock.
 
 from __future__ import annotations
 
-from hashlib import blake2b
 from datetime import UTC, datetime
 from decimal import Decimal
+from hashlib import blake2b
 from typing import NamedTuple
 
 from services.domain.readings import BloodPressureReading, GlucoseReading, WeightReading

@@ -13,14 +13,15 @@ With the extension:
   the retention period (35 days back), so dropping raw chunks never rewrites, and never empties,
   the aggregate's history; the aggregate itself has no retention policy.
 
-Without it (plain PostgreSQL) the SQL migrations' tables are used as they are, the pipeline maintains
-`reading_rollup_hourly` in each batch's transaction, and one log line says so.
+Without it (plain PostgreSQL) the SQL migrations' tables are used as they are, `reading_rollup_hourly` is
+a view over a materialized table plus the live tail (services/storage/rollups.py), and one log line
+says so.
 """
 
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Final, Literal
 
 import asyncpg
@@ -88,8 +89,9 @@ async def apply(conn: asyncpg.Connection, settings: Settings) -> StorageMode:
             )
         await _set_mode(conn, "postgres")
         log.info(
-            "storage: plain PostgreSQL (TimescaleDB not available): readings is a plain table and "
-            "reading_rollup_hourly a table maintained by the pipeline; same schema semantics"
+            "storage: plain PostgreSQL (TimescaleDB not available): readings is a plain table, "
+            "reading_rollup_hourly a view over a refreshed table plus live readings; "
+            "same schema semantics"
         )
         return "postgres"
 
@@ -118,7 +120,10 @@ async def apply(conn: asyncpg.Connection, settings: Settings) -> StorageMode:
     )
     if not is_cagg:
         async with conn.transaction():
-            await conn.execute("DROP TABLE IF EXISTS reading_rollup_hourly")
+            # Replace plain PostgreSQL's view + materialized table (0001_core.sql) by the
+            # continuous aggregate of the same name and columns.
+            await conn.execute("DROP VIEW IF EXISTS reading_rollup_hourly")
+            await conn.execute("DROP TABLE IF EXISTS reading_rollup_hourly_materialized")
             await conn.execute(_CAGG_SQL)
         # Materialize what exists (outside a transaction block, as TimescaleDB requires).
         await conn.execute("CALL refresh_continuous_aggregate('reading_rollup_hourly', NULL, NULL)")
@@ -147,6 +152,16 @@ async def run_policies_now(conn: asyncpg.Connection) -> None:
     )
     for row in job_ids:
         await conn.execute("CALL run_job($1)", row["job_id"])
+
+
+async def refresh_rollups(conn: asyncpg.Connection, start: datetime, end: datetime) -> None:
+    """Refresh the continuous aggregate over [start, end) (outside a transaction block)."""
+    await conn.execute(
+        "CALL refresh_continuous_aggregate('reading_rollup_hourly', $1::timestamptz, "
+        "$2::timestamptz)",
+        start,
+        end,
+    )
 
 
 async def _set_mode(conn: asyncpg.Connection, mode: StorageMode) -> None:

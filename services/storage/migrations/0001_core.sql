@@ -182,10 +182,12 @@ CREATE UNIQUE INDEX readings_identity ON readings (device_id, seq_epoch, seq, ef
 CREATE INDEX readings_member_time ON readings (member_id, effective_at DESC);
 
 -- Hourly rollup per member and kind, for windowed rules and reports. Control-solution readings are
--- excluded. `primary_*` is glucose mg/dL, systolic mmHg or weight kg by kind. On plain PostgreSQL
--- the pipeline maintains it in the same transaction as the readings; with TimescaleDB it becomes a
--- continuous aggregate of the same name and columns (materialized_only = false).
-CREATE TABLE reading_rollup_hourly (
+-- excluded. `primary_*` is glucose mg/dL, systolic mmHg or weight kg by kind.
+-- With TimescaleDB, `reading_rollup_hourly` is a continuous aggregate (materialized_only = false).
+-- On plain PostgreSQL the same mechanism is built here: a materialized table refreshed up to a
+-- watermark (services/storage/rollups.py), and a view that adds the live aggregate of readings
+-- past the watermark, so today's readings are always visible and ingest pays nothing for it.
+CREATE TABLE reading_rollup_hourly_materialized (
     member_id     text NOT NULL,
     kind          text NOT NULL,
     bucket        timestamptz NOT NULL,
@@ -197,6 +199,26 @@ CREATE TABLE reading_rollup_hourly (
     diastolic_sum numeric,
     PRIMARY KEY (member_id, kind, bucket)
 );
+INSERT INTO vigil_meta (key, value) VALUES ('rollup_watermark', '-infinity');
+
+CREATE VIEW reading_rollup_hourly AS
+SELECT member_id, kind, bucket, n, n_values, primary_sum, primary_min, primary_max, diastolic_sum
+FROM reading_rollup_hourly_materialized
+WHERE bucket < (SELECT value::timestamptz FROM vigil_meta WHERE key = 'rollup_watermark')
+UNION ALL
+SELECT member_id,
+       kind,
+       date_trunc('hour', effective_at, 'UTC') AS bucket,
+       count(*) AS n,
+       count(coalesce(glucose_mgdl, systolic_mmhg, weight_kg)) AS n_values,
+       sum(coalesce(glucose_mgdl, systolic_mmhg, weight_kg)) AS primary_sum,
+       min(coalesce(glucose_mgdl, systolic_mmhg, weight_kg)) AS primary_min,
+       max(coalesce(glucose_mgdl, systolic_mmhg, weight_kg)) AS primary_max,
+       sum(diastolic_mmhg) AS diastolic_sum
+FROM readings
+WHERE effective_at >= (SELECT value::timestamptz FROM vigil_meta WHERE key = 'rollup_watermark')
+  AND NOT ('control_solution' = ANY (flags))
+GROUP BY member_id, kind, date_trunc('hour', effective_at, 'UTC');
 
 -- Every rejected reading, with its raw payload and reason: nothing a device sent is lost.
 CREATE TABLE quarantine (
