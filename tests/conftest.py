@@ -60,9 +60,16 @@ def database_url() -> Iterator[str]:
     asyncio.run(drop())
 
 
+REQUIRE_TIMESCALE = os.environ.get("VIGIL_REQUIRE_TIMESCALE") == "1"
+
+
 @pytest.fixture(scope="session")
 def settings(database_url: str) -> Settings:
-    return Settings(database_url=database_url, env="test")  # type: ignore[arg-type]
+    return Settings(
+        database_url=database_url,  # type: ignore[arg-type]
+        env="test",
+        timescale="require" if REQUIRE_TIMESCALE else "auto",
+    )
 
 
 @pytest.fixture(scope="session")

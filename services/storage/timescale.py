@@ -68,6 +68,14 @@ async def _extension_ready(conn: asyncpg.Connection) -> bool:
         return True
     if not await conn.fetchval("SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'"):
         return False
+    preload = await conn.fetchval("SELECT current_setting('shared_preload_libraries')")
+    if "timescaledb" not in preload:
+        # Creating it now would make the server drop this connection.
+        log.warning(
+            "the timescaledb extension is installed but not in shared_preload_libraries; "
+            "using plain PostgreSQL"
+        )
+        return False
     try:
         async with conn.transaction():
             await conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
