@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -75,7 +75,7 @@ async def _seed(conn: asyncpg.Connection, devices: int) -> None:
     )
     await conn.copy_records_to_table(
         "members",
-        records=[(f"m-{d:05d}", "bench", "Bench Member", datetime(1960, 1, 1).date(), "UTC")
+        records=[(f"m-{d:05d}", "bench", "Bench Member", date(1960, 1, 1), "UTC")
                  for d in range(devices)],
         columns=("id", "client_id", "name", "birth_date", "timezone"),
     )  # fmt: skip
@@ -92,7 +92,7 @@ async def _seed(conn: asyncpg.Connection, devices: int) -> None:
 
 
 def _baseline_rows(readings: list[dict[str, Any]], now: datetime) -> list[tuple[Any, ...]]:
-    rows = []
+    rows: list[tuple[Any, ...]] = []
     for r in readings:
         t = datetime.fromisoformat(r["measured_at"])
         v = Decimal(r["value"])
@@ -123,14 +123,17 @@ async def _baseline(dsn: str, rows: list[tuple[Any, ...]]) -> float:
         t0 = time.perf_counter()
         for i in range(0, len(rows), BATCH):
             async with conn.transaction():
-                await conn.copy_records_to_table("stage", records=rows[i : i + BATCH], columns=_COLUMNS)
+                await conn.copy_records_to_table(
+                    "stage", records=rows[i : i + BATCH], columns=_COLUMNS
+                )
                 await conn.execute(
                     f"INSERT INTO bench_readings ({cols}) SELECT {cols} FROM stage "
                     "ON CONFLICT DO NOTHING"
                 )
         elapsed = time.perf_counter() - t0
         stored = await conn.fetchval("SELECT count(*) FROM bench_readings")
-        assert stored == len(rows), (stored, len(rows))
+        if stored != len(rows):
+            raise RuntimeError(f"baseline stored {stored} of {len(rows)} rows")
         return elapsed
     finally:
         await conn.close()
@@ -158,7 +161,11 @@ async def run(settings: Settings, quick: bool) -> dict[str, Any]:
     try:
         conn = await asyncpg.connect(dsn)
         try:
-            await migrate(conn, Settings(database_url=dsn, timescale=settings.timescale))  # type: ignore[arg-type]
+            bench_settings = Settings(
+                database_url=dsn,
+                timescale=settings.timescale,
+            )
+            await migrate(conn, bench_settings)
             await _seed(conn, devices)
         finally:
             await conn.close()
@@ -188,7 +195,9 @@ async def run(settings: Settings, quick: bool) -> dict[str, Any]:
     finally:
         admin = await asyncpg.connect(f"{base}/postgres")
         try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "vigil_bench_ingest_{os.getpid()}" WITH (FORCE)')
+            await admin.execute(
+                f'DROP DATABASE IF EXISTS "vigil_bench_ingest_{os.getpid()}" WITH (FORCE)'
+            )
         finally:
             await admin.close()
 

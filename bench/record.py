@@ -68,7 +68,9 @@ def machine() -> str:
                 mem_gib = int(line.split()[1]) / 1024 / 1024
     except OSError:
         pass
-    return f"{platform.node()} ({os.cpu_count()} cores, {cpu}, {mem_gib:.0f} GiB, Python {platform.python_version()})"
+    cores = os.cpu_count()
+    python = platform.python_version()
+    return f"{platform.node()} ({cores} cores, {cpu}, {mem_gib:.0f} GiB, Python {python})"
 
 
 def record(
@@ -112,7 +114,8 @@ def render_markdown(docs: Path = DOCS) -> None:
         "",
         "Generated from `docs/benchmarks.jsonl` by `bench/record.py` (do not edit by hand).",
         "Each benchmark compares Vigil with a baseline measured in the same run; ratios matter,",
-        "absolute times are noise on shared 2-core machines. `vigil bench NAME [--quick]` reruns one.",
+        "absolute times are noise on shared 2-core machines.",
+        "`vigil bench NAME [--quick]` reruns one.",
         "",
         "## Latest full run of each benchmark",
         "",

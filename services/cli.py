@@ -85,15 +85,45 @@ def db_migrate() -> None:
     settings = _settings()
     _logging(settings)
     result = run(migrate_command(settings))
+    applied = ", ".join(result.applied) or "none pending"
     typer.echo(
-        f"migrations applied: {len(result.applied)} ({', '.join(result.applied) or 'none pending'});"
-        f" storage: {result.storage_mode}"
+        f"migrations applied: {len(result.applied)} ({applied}); storage: {result.storage_mode}"
     )
+
+
+@db_app.command("refresh-rollups")
+def db_refresh_rollups(
+    since: Annotated[
+        str | None, typer.Option(help="Recompute from this RFC 3339 time (default: 35 days ago)")
+    ] = None,
+) -> None:
+    """Materialize the hourly rollup up to an hour ago (the scheduler does this periodically).
+
+    Reads are always complete without it; it makes reading the rollup cheaper and brings late
+    readings older than the default window into the materialized part.
+    """
+    from datetime import datetime
+
+    from services.commands import refresh_rollups_command
+
+    settings = _settings()
+    _logging(settings)
+    try:
+        start = datetime.fromisoformat(since) if since else None
+    except ValueError:
+        typer.echo(f"vigil: --since {since!r} is not an RFC 3339 time", err=True)
+        raise typer.Exit(2) from None
+    if start is not None and start.tzinfo is None:
+        typer.echo("vigil: --since needs a UTC offset", err=True)
+        raise typer.Exit(2)
+    typer.echo(run(refresh_rollups_command(settings, start)))
 
 
 @app.command("import")
 def import_file(
-    file: Annotated[Path, typer.Argument(help="Onboarding file (YAML or JSON), see docs/onboarding.md")],
+    file: Annotated[
+        Path, typer.Argument(help="Onboarding file (YAML or JSON), see docs/onboarding.md")
+    ],
 ) -> None:
     """Load clients, contracts, coaches, members, care plans, enrollments and devices.
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
 
 import asyncpg
@@ -14,6 +15,7 @@ from services.quarantine import list_entries, render_entries, replay
 from services.settings import Settings
 from services.storage.db import ensure_database, open_pool
 from services.storage.migrate import MigrateResult, migrate
+from services.storage.rollups import refresh_rollups
 
 
 def reading_sink(pool: asyncpg.Pool, settings: Settings) -> ReadingSink:
@@ -40,6 +42,12 @@ async def migrate_command(settings: Settings) -> MigrateResult:
         return await migrate(conn, settings)
     finally:
         await conn.close()
+
+
+async def refresh_rollups_command(settings: Settings, since: datetime | None) -> str:
+    async with open_pool(settings.dsn(), max_size=1) as pool, pool.acquire() as conn:
+        start, end = await refresh_rollups(conn, since=since)
+    return f"rollups refreshed from {start.isoformat()} to {end.isoformat()}"
 
 
 async def import_command(settings: Settings, path: Path) -> str:

@@ -18,7 +18,7 @@ class ConfigurationError(VigilError):
     exit_code = 2
 
 
-class StorageUnavailable(VigilError):
+class StorageUnavailable(VigilError):  # noqa: N818 - a state, as operators say it
     exit_code = 3
 
 

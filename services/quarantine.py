@@ -67,13 +67,12 @@ def render_entries(entries: list[QuarantineEntry], fmt: str) -> str:
     if fmt == "jsonl":
         return "\n".join(json.dumps(asdict(e)) for e in entries)
     header = f"{'id':>8}  {'received_at':<25} {'device':<16} {'seq':>8}  {'reason':<26} detail"
-    lines = [header]
-    for e in entries:
-        lines.append(
-            f"{e.id:>8}  {e.received_at[:25]:<25} {(e.device_id or '-')[:16]:<16} "
-            f"{e.seq if e.seq is not None else '-':>8}  {e.reason:<26} {e.detail[:80]}"
-        )
-    return "\n".join(lines)
+    rows = [
+        f"{e.id:>8}  {e.received_at[:25]:<25} {(e.device_id or '-')[:16]:<16} "
+        f"{e.seq if e.seq is not None else '-':>8}  {e.reason:<26} {e.detail[:80]}"
+        for e in entries
+    ]
+    return "\n".join([header, *rows])
 
 
 async def replay(

@@ -1,4 +1,4 @@
-"""Running an entry point's event loop: uvloop where available (asyncpg is markedly faster on it)."""
+"""Running an entry point's event loop: uvloop where available (asyncpg is faster on it)."""
 
 from __future__ import annotations
 

@@ -96,7 +96,5 @@ async def db(pool: asyncpg.Pool) -> asyncpg.Pool:
     if mode != "timescale":
         tables = (*DATA_TABLES, "reading_rollup_hourly_materialized")
     await pool.execute(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE")
-    await pool.execute(
-        "UPDATE vigil_meta SET value = '-infinity' WHERE key = 'rollup_watermark'"
-    )
+    await pool.execute("UPDATE vigil_meta SET value = '-infinity' WHERE key = 'rollup_watermark'")
     return pool

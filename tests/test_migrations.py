@@ -91,8 +91,10 @@ async def test_upgrade_keeps_existing_rows(fresh_url: str) -> None:
     await _migrate(fresh_url, previous)
     async with open_pool(fresh_url) as pool:
         await seed_member(pool)
-        raw = orjson.dumps({"device_id": "gm-1", "seq": 1, "kind": "glucose", "value": 101,
-                            "unit": "mg/dL", "measured_at": "2026-10-03T07:12:00-05:00"})  # fmt: skip
+        raw = orjson.dumps({
+            "device_id": "gm-1", "seq": 1, "kind": "glucose", "value": 101, "unit": "mg/dL",
+            "measured_at": "2026-10-03T07:12:00-05:00",
+        })  # fmt: skip
         await ReadingPipeline(pool).process(
             [Incoming(raw=raw, received_at=datetime.now(UTC), transport="file")]
         )
@@ -126,7 +128,9 @@ async def test_cli_creates_the_database_and_reports(fresh_url: str) -> None:
             out, err = await proc.communicate()
             assert proc.returncode == 0, err.decode()
             assert expected in out.decode()
-            assert ("storage: timescale" if REQUIRE_TIMESCALE else "storage: postgres") in out.decode()
+            assert (
+                "storage: timescale" if REQUIRE_TIMESCALE else "storage: postgres"
+            ) in out.decode()
     finally:
         admin = await asyncpg.connect(ADMIN_URL)
         try:

@@ -176,14 +176,18 @@ async def test_seq_conflict_and_sequence_reuse(db: asyncpg.Pool) -> None:
     r1 = await pipeline.process(_items([glucose(17, 99, "2026-10-03T07:00:00-05:00")]))
     assert r1.outcomes[0].reason is not None and r1.outcomes[0].reason.value == "seq_conflict"
     # same seq, different content, later time (16-bit wrap or reset memory): a new reading
-    r2 = await pipeline.process(_items([glucose(17, 140, "2026-10-20T07:00:00-05:00"),
-                                        glucose(18, 141, "2026-10-20T09:00:00-05:00")]))  # fmt: skip
+    r2 = await pipeline.process(_items([
+        glucose(17, 140, "2026-10-20T07:00:00-05:00"),
+        glucose(18, 141, "2026-10-20T09:00:00-05:00"),
+    ]))  # fmt: skip
     assert [o.status for o in r2.outcomes] == ["accepted", "accepted"]
     rows = [(r["seq_epoch"], r["seq"], r["value"]) for r in await _readings(db)]
     assert rows == [(0, 17, 62), (1, 17, 140), (1, 18, 141)]
     # resends of either epoch's readings are duplicates
-    r3 = await pipeline.process(_items([glucose(17, 62, "2026-10-03T07:12:00-05:00"),
-                                        glucose(17, 140, "2026-10-20T07:00:00-05:00")]))  # fmt: skip
+    r3 = await pipeline.process(_items([
+        glucose(17, 62, "2026-10-03T07:12:00-05:00"),
+        glucose(17, 140, "2026-10-20T07:00:00-05:00"),
+    ]))  # fmt: skip
     assert [o.status for o in r3.outcomes] == ["duplicate", "duplicate"]
     assert await _quarantine(db) == [("seq_conflict", "gm-1", 17)]
 
@@ -208,10 +212,14 @@ async def test_unknown_and_unassigned_devices_then_replay(db: asyncpg.Pool) -> N
     assert [r["seq"] for r in await _readings(db)] == [2, 3]
     states = await db.fetch("SELECT reason, status, resolution FROM quarantine ORDER BY id")
     assert [tuple(s) for s in states] == [
-        ("unknown_device", "open", None), ("unassigned_device", "resolved", "accepted")]  # fmt: skip
+        ("unknown_device", "open", None),
+        ("unassigned_device", "resolved", "accepted"),
+    ]
     # replaying the still-broken entry keeps it, with an attempt counted
     await replay(pipeline, db)
-    row = await db.fetchrow("SELECT status, attempts FROM quarantine WHERE reason = 'unknown_device'")
+    row = await db.fetchrow(
+        "SELECT status, attempts FROM quarantine WHERE reason = 'unknown_device'"
+    )
     assert tuple(row) == ("open", 2)
 
 

@@ -56,7 +56,9 @@ async def test_schema_is_converted(db: asyncpg.Pool, migrated: str) -> None:
             "WHERE proc_schema = '_timescaledb_functions'"
         )
     }
-    assert {"policy_compression", "policy_retention", "policy_refresh_continuous_aggregate"} <= set(jobs)
+    assert {"policy_compression", "policy_retention", "policy_refresh_continuous_aggregate"} <= set(
+        jobs
+    )
     retention = orjson.loads(jobs["policy_retention"]["config"])
     assert retention["drop_after"] in ("7 years 7 days", "2562 days")  # >= 7 years
     refresh = orjson.loads(jobs["policy_refresh_continuous_aggregate"]["config"])
@@ -76,11 +78,16 @@ async def test_on_conflict_into_a_compressed_chunk(db: asyncpg.Pool) -> None:
             "SELECT show_chunks('readings', older_than => now() - INTERVAL '30 days') AS c"
         )
         for c in chunks:
-            await conn.execute("SELECT compress_chunk($1::regclass, if_not_compressed => true)", c["c"])
-    assert await db.fetchval(
-        "SELECT count(*) FROM timescaledb_information.chunks "
-        "WHERE hypertable_name = 'readings' AND is_compressed"
-    ) >= 1
+            await conn.execute(
+                "SELECT compress_chunk($1::regclass, if_not_compressed => true)", c["c"]
+            )
+    assert (
+        await db.fetchval(
+            "SELECT count(*) FROM timescaledb_information.chunks "
+            "WHERE hypertable_name = 'readings' AND is_compressed"
+        )
+        >= 1
+    )
     # resends: duplicates, nothing written; a new reading lands in the compressed range
     again = await pipeline.process(
         [_g(s, old + timedelta(hours=s)) for s in range(1, 6)]
@@ -100,7 +107,9 @@ async def test_aggregate_is_real_time_and_survives_retention(db: asyncpg.Pool) -
     pipeline = ReadingPipeline(db)
     now = datetime.now(UTC).replace(minute=5, second=0, microsecond=0)
     old = now - timedelta(days=100)
-    await pipeline.process([_g(1, old, 90, "gm-agg"), _g(2, old + timedelta(minutes=10), 110, "gm-agg")])
+    await pipeline.process(
+        [_g(1, old, 90, "gm-agg"), _g(2, old + timedelta(minutes=10), 110, "gm-agg")]
+    )
     q = ("SELECT bucket, n, primary_sum FROM reading_rollup_hourly WHERE member_id = 'm-agg' "
          "ORDER BY bucket")  # fmt: skip
     # real time: visible before any refresh (materialized_only = false)
@@ -110,7 +119,9 @@ async def test_aggregate_is_real_time_and_survives_retention(db: asyncpg.Pool) -
     async with db.acquire() as conn:
         await refresh_rollups(conn, since=old - timedelta(days=1))
         # raw chunks older than 90 days dropped (what the retention policy does at 7 years)
-        await conn.execute("SELECT drop_chunks('readings', older_than => now() - INTERVAL '90 days')")
+        await conn.execute(
+            "SELECT drop_chunks('readings', older_than => now() - INTERVAL '90 days')"
+        )
         await timescale.run_policies_now(conn)
     assert await db.fetchval("SELECT count(*) FROM readings WHERE member_id = 'm-agg'") == 1
     rows_after = [tuple(r) for r in await db.fetch(q)]

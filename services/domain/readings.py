@@ -41,6 +41,7 @@ PressureFlag = Literal[
     "pulse_out_of_range",
 ]
 
+
 def _json_number(v: Any) -> Any:
     """Clinical values must be JSON numbers: "62" or true is a wrong type, not a value."""
     if isinstance(v, int | float | Decimal) and not isinstance(v, bool):
@@ -51,7 +52,9 @@ def _json_number(v: Any) -> Any:
 #: A measured value: a finite JSON number, kept exactly as a Decimal.
 Measure = Annotated[Decimal, BeforeValidator(_json_number), Field(allow_inf_nan=False)]
 
-DeviceId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")]
+DeviceId = Annotated[
+    str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
+]
 #: Sequence numbers are unsigned and fit PostgreSQL's bigint.
 Seq = Annotated[int, Field(ge=0, le=2**63 - 1, strict=True)]
 

@@ -37,6 +37,7 @@ from services.domain.reasons import ReasonCode
 from services.pipeline.normalize import AnyReading, NormalizedReading, normalize
 from services.pipeline.payload import reading_from_bytes
 from services.pipeline.sink import NullSink, ReadingSink, StoredReading
+from services.storage.db import Connection
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +223,7 @@ class ReadingPipeline:
             await self._sink.readings_committed(result.stored)
         return result
 
-    async def _store(self, conn: asyncpg.Connection, batch: PreparedBatch) -> BatchResult:
+    async def _store(self, conn: Connection, batch: PreparedBatch) -> BatchResult:
         outcomes: list[Outcome | None] = [None] * len(batch.items)
         rejected = dict(batch.rejected)
         stored: list[StoredReading] = []
@@ -252,9 +253,9 @@ class ReadingPipeline:
         await self._resolve_replayed(conn, batch.items, outcomes)
         return BatchResult([o for o in outcomes if o is not None], stored)
 
-    async def _classify_and_insert(
+    async def _classify_and_insert(  # noqa: PLR0915 - one pass over the batch, kept in one place
         self,
-        conn: asyncpg.Connection,
+        conn: Connection,
         batch: PreparedBatch,
         indices: list[int],
         outcomes: list[Outcome | None],
@@ -340,8 +341,9 @@ class ReadingPipeline:
         # Ledger order = primary-key order, so concurrent writers lock keys in the same order.
         rows.sort(key=_slot_order)
         await conn.copy_records_to_table("_vigil_stage", records=rows, columns=_READING_COLUMNS)
-        inserted = await self._insert_staged(conn, len(rows), optimistic=optimistic)
-        if inserted is _TAKEN:
+        try:
+            inserted = await self._insert_staged(conn, len(rows), optimistic=optimistic)
+        except _SlotsTaken:
             return None
 
         new: list[StoredReading] = []
@@ -357,21 +359,21 @@ class ReadingPipeline:
         return new, lost
 
     async def _insert_staged(
-        self, conn: asyncpg.Connection, n_rows: int, *, optimistic: bool
-    ) -> set[tuple[str, int, int]] | None | object:
+        self, conn: Connection, n_rows: int, *, optimistic: bool
+    ) -> set[tuple[str, int, int]] | None:
         """Insert the staged rows into the ledger and `readings`. Returns None when every row
-        was new (the common case, with no join); when some slot was taken, `_TAKEN` if
-        `optimistic` (nothing inserted), else the slots that were inserted."""
+        was new (the common case, with no join); when some slot was taken, raises `_SlotsTaken`
+        if `optimistic` (nothing inserted), else returns the slots that were inserted."""
         try:
             async with conn.transaction():  # a savepoint: undone if any slot was taken
                 status = await conn.execute(_LEDGER_SQL)
                 if int(status.rsplit(" ", 1)[1]) != n_rows:
-                    raise _SlotsTaken
+                    raise _SlotsTaken  # noqa: TRY301 - leaves the savepoint, undoing the insert
                 await conn.execute(_READINGS_SQL)
         except _SlotsTaken:
             if optimistic:
                 await conn.execute("TRUNCATE _vigil_stage")
-                return _TAKEN
+                raise
             rows = await conn.fetch(_INSERT_RETURNING_SQL)
             return {(r[0], r[1], r[2]) for r in rows}
         return None
@@ -406,7 +408,7 @@ class ReadingPipeline:
         return t, False
 
     async def _load_devices(
-        self, conn: asyncpg.Connection, device_ids: set[str]
+        self, conn: Connection, device_ids: set[str]
     ) -> dict[str, _DeviceState]:
         rows = await conn.fetch(
             """SELECT d.id, d.in_service_from, d.seq_epoch, a.member_id,
@@ -435,7 +437,7 @@ class ReadingPipeline:
         return out
 
     async def _load_slots(
-        self, conn: asyncpg.Connection, readings: list[NormalizedReading]
+        self, conn: Connection, readings: list[NormalizedReading]
     ) -> tuple[dict[tuple[str, int, int], tuple[bytes, datetime]], set[tuple[str, int, bytes]]]:
         """Stored keys sharing (device, seq) with these readings, in every epoch: the slots by
         (device, epoch, seq), and the (device, seq, content) identities."""
@@ -452,7 +454,7 @@ class ReadingPipeline:
 
     async def _load_clock_marks(
         self,
-        conn: asyncpg.Connection,
+        conn: Connection,
         devices: dict[str, _DeviceState],
         readings: list[NormalizedReading],
     ) -> None:
@@ -491,7 +493,7 @@ class ReadingPipeline:
 
     async def _quarantine(
         self,
-        conn: asyncpg.Connection,
+        conn: Connection,
         items: Sequence[Incoming],
         rejected: dict[int, ReadingRejected],
         outcomes: list[Outcome | None],
@@ -523,7 +525,7 @@ class ReadingPipeline:
             )  # fmt: skip
 
     async def _resolve_replayed(
-        self, conn: asyncpg.Connection, items: Sequence[Incoming], outcomes: list[Outcome | None]
+        self, conn: Connection, items: Sequence[Incoming], outcomes: list[Outcome | None]
     ) -> None:
         done = [
             (item.quarantine_id, o.status)
@@ -536,9 +538,6 @@ class ReadingPipeline:
                 "attempts = attempts + 1, last_attempt = now() WHERE id = $1",
                 done,
             )
-
-
-_TAKEN: Final = object()
 
 
 class _SlotsTaken(Exception):  # noqa: N818 - control flow inside _insert_staged only

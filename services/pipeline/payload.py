@@ -62,7 +62,9 @@ def reading_from_object(obj: Any, topic_device_id: str | None = None) -> AnyRead
     return parse_reading(obj)
 
 
-def reading_from_bytes(raw: bytes, max_bytes: int, topic_device_id: str | None = None) -> AnyReading:
+def reading_from_bytes(
+    raw: bytes, max_bytes: int, topic_device_id: str | None = None
+) -> AnyReading:
     """One payload (a reading-file line, an MQTT message with one reading) -> validated reading.
 
     The common case (a well-formed object with its device_id) takes pydantic's JSON fast path.

@@ -9,12 +9,15 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from services.errors import StorageUnavailable
 
 log = logging.getLogger(__name__)
 
 Pool = asyncpg.Pool
+#: A connection, or one borrowed from a pool.
+Connection = asyncpg.Connection | PoolConnectionProxy
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -24,7 +27,9 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 
 
 @asynccontextmanager
-async def open_pool(dsn: str, *, min_size: int = 1, max_size: int = 4, **kw: Any) -> AsyncIterator[Pool]:
+async def open_pool(
+    dsn: str, *, min_size: int = 1, max_size: int = 4, **kw: Any
+) -> AsyncIterator[Pool]:
     try:
         pool = await asyncpg.create_pool(
             dsn, min_size=min_size, max_size=max_size, init=_init_connection, **kw

@@ -21,6 +21,7 @@ import asyncpg
 from services.errors import MigrationError
 from services.settings import Settings
 from services.storage import timescale
+from services.storage.db import Connection
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ class MigrateResult:
 
 
 async def migrate(
-    conn: asyncpg.Connection,
+    conn: Connection,
     settings: Settings,
     migrations: list[Migration] | None = None,
 ) -> MigrateResult:

@@ -14,9 +14,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-import asyncpg
-
 from services.storage import timescale
+from services.storage.db import Connection
 
 REFRESH_WINDOW = timescale.CAGG_REFRESH_START
 REFRESH_LAG = timescale.CAGG_REFRESH_END
@@ -41,7 +40,7 @@ def _hour(t: datetime) -> datetime:
 
 
 async def refresh_rollups(
-    conn: asyncpg.Connection,
+    conn: Connection,
     *,
     since: datetime | None = None,
     now: datetime | None = None,

@@ -13,9 +13,9 @@ With the extension:
   the retention period (35 days back), so dropping raw chunks never rewrites, and never empties,
   the aggregate's history; the aggregate itself has no retention policy.
 
-Without it (plain PostgreSQL) the SQL migrations' tables are used as they are, `reading_rollup_hourly` is
-a view over a materialized table plus the live tail (services/storage/rollups.py), and one log line
-says so.
+Without it (plain PostgreSQL) the SQL migrations' tables are used as they are,
+`reading_rollup_hourly` is a view over a materialized table plus the live tail
+(services/storage/rollups.py), and one log line says so.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import asyncpg
 
 from services.errors import MigrationError
 from services.settings import Settings
+from services.storage.db import Connection
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +59,12 @@ WITH NO DATA
 """
 
 
-async def storage_mode(conn: asyncpg.Connection) -> StorageMode:
+async def storage_mode(conn: Connection) -> StorageMode:
     value = await conn.fetchval("SELECT value FROM vigil_meta WHERE key = 'storage_mode'")
     return "timescale" if value == "timescale" else "postgres"
 
 
-async def _extension_ready(conn: asyncpg.Connection) -> bool:
+async def _extension_ready(conn: Connection) -> bool:
     if await conn.fetchval("SELECT 1 FROM pg_extension WHERE extname = 'timescaledb'"):
         return True
     if not await conn.fetchval("SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'"):
@@ -85,7 +86,7 @@ async def _extension_ready(conn: asyncpg.Connection) -> bool:
     return True
 
 
-async def apply(conn: asyncpg.Connection, settings: Settings) -> StorageMode:
+async def apply(conn: Connection, settings: Settings) -> StorageMode:
     """Convert the schema to TimescaleDB objects when the extension is there; idempotent."""
     ready = settings.timescale != "off" and await _extension_ready(conn)
     if not ready:
@@ -119,7 +120,8 @@ async def apply(conn: asyncpg.Connection, settings: Settings) -> StorageMode:
         settings.compress_after,
     )
     await conn.execute(
-        "SELECT add_retention_policy('readings', drop_after => $1::interval, if_not_exists => true)",
+        "SELECT add_retention_policy('readings', drop_after => $1::interval, "
+        "if_not_exists => true)",
         settings.readings_retention,
     )
     is_cagg = await conn.fetchval(
@@ -148,7 +150,7 @@ async def apply(conn: asyncpg.Connection, settings: Settings) -> StorageMode:
     return "timescale"
 
 
-async def run_policies_now(conn: asyncpg.Connection) -> None:
+async def run_policies_now(conn: Connection) -> None:
     """Run Vigil's TimescaleDB policies by hand (where background workers cannot, e.g. on a
     PostgreSQL point release whose background jobs fail, or in a test)."""
     job_ids = await conn.fetch(
@@ -162,7 +164,7 @@ async def run_policies_now(conn: asyncpg.Connection) -> None:
         await conn.execute("CALL run_job($1)", row["job_id"])
 
 
-async def refresh_rollups(conn: asyncpg.Connection, start: datetime, end: datetime) -> None:
+async def refresh_rollups(conn: Connection, start: datetime, end: datetime) -> None:
     """Refresh the continuous aggregate over [start, end) (outside a transaction block)."""
     await conn.execute(
         "CALL refresh_continuous_aggregate('reading_rollup_hourly', $1::timestamptz, "
@@ -172,7 +174,7 @@ async def refresh_rollups(conn: asyncpg.Connection, start: datetime, end: dateti
     )
 
 
-async def _set_mode(conn: asyncpg.Connection, mode: StorageMode) -> None:
+async def _set_mode(conn: Connection, mode: StorageMode) -> None:
     await conn.execute(
         "INSERT INTO vigil_meta (key, value) VALUES ('storage_mode', $1) "
         "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
