@@ -55,6 +55,8 @@ REJECTIONS = [
     (_g(seq=-1), "invalid_value"),
     (_g(seq="17"), "invalid_type"),
     (_g(value="62"), "invalid_type"),
+    (_g(value="NaN"), "special_value"),
+    (_bp(systolic="reserved"), "special_value"),
     (_g(color="blue"), "unknown_field"),
     (_g(kind="ketone"), "unknown_kind"),
     (orjson.dumps({"device_id": "gm-1", "seq": 1}), "missing_field"),

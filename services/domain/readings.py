@@ -42,10 +42,21 @@ PressureFlag = Literal[
 ]
 
 
+#: IEEE 11073-20601 special values a Bluetooth meter can report instead of a number. A relay
+#: forwards them by name (JSON has no NaN); they are quarantined as `special_value`, never stored
+#: as numbers.
+SPECIAL_VALUES: Final = frozenset({"NaN", "NRes", "+INF", "-INF", "reserved"})
+
+
 def _json_number(v: Any) -> Any:
     """Clinical values must be JSON numbers: "62" or true is a wrong type, not a value."""
     if isinstance(v, int | float | Decimal) and not isinstance(v, bool):
         return v
+    if isinstance(v, str) and v in SPECIAL_VALUES:
+        raise PydanticCustomError(
+            ReasonCode.SPECIAL_VALUE.value, "the device reported {special}, not a number",
+            {"special": v},
+        )  # fmt: skip
     raise PydanticCustomError(ReasonCode.INVALID_TYPE.value, "must be a JSON number")
 
 
