@@ -8,6 +8,7 @@ from __future__ import annotations
 from datetime import date
 from decimal import Decimal
 from enum import StrEnum
+from itertools import pairwise
 from typing import Annotated, Final, Literal
 from zoneinfo import ZoneInfo, available_timezones
 
@@ -139,7 +140,7 @@ class Client(_Entry):
     @classmethod
     def _terms_do_not_overlap(cls, v: tuple[Contract, ...]) -> tuple[Contract, ...]:
         terms = sorted(v, key=lambda c: c.start)
-        for before, after in zip(terms, terms[1:], strict=False):
+        for before, after in pairwise(terms):
             if after.start <= before.end:
                 raise ValueError(
                     f"contract terms {before.start}..{before.end} and "
