@@ -194,6 +194,26 @@ def quarantine_replay(
     typer.echo(run(quarantine_replay_command(settings, reason, device, entry_id or [])))
 
 
+@app.command("gateway")
+def gateway(
+    worker_id: Annotated[
+        str | None,
+        typer.Option(help="Stable worker id: the MQTT client id is vigil-gw-<id> (default: host)"),
+    ] = None,
+) -> None:
+    """Run one MQTT gateway worker: readings in, stored exactly once, acked after commit.
+
+    Workers share one MQTT 5 subscription ($share/VIGIL_GATEWAY_GROUP/...), so run as many as
+    the load needs, each with its own stable --worker-id. SIGTERM stores and acks what was
+    received, then exits.
+    """
+    from device_gateway.mqtt.service import default_worker_id, run_gateway
+
+    settings = _settings()
+    _logging(settings)
+    run(run_gateway(settings, worker_id or default_worker_id()))
+
+
 @app.command("demo")
 def demo(
     members: Annotated[int, typer.Option(help="Simulated members")] = 60,

@@ -36,6 +36,17 @@ class Settings(BaseSettings):
     max_payload_bytes: int = Field(default=256 * 1024, ge=1024)
     #: Clock rule: a device time further in the future than this is implausible.
     clock_future_tolerance: timedelta = timedelta(minutes=5)
+    #: MQTT topic prefix of the device protocol (device_gateway/mqtt/topics.py).
+    mqtt_prefix: str = "vigil/v1"
+    #: Shared-subscription group of the gateway workers: N workers split the devices' messages.
+    gateway_group: str = "vigil-gateway"
+    #: How long the broker keeps a disconnected worker's session (and its queued messages).
+    gateway_session_expiry: timedelta = timedelta(hours=24)
+    #: A gateway batch is stored when it has this many readings or is this old.
+    gateway_batch_size: int = Field(default=2_000, ge=1, le=100_000)
+    gateway_batch_wait: timedelta = timedelta(milliseconds=50)
+    #: Received-but-unstored messages above which a worker stops reading its socket.
+    gateway_max_pending: int = Field(default=20_000, ge=100)
     #: Secret used to key pseudonyms and sign sessions; generated per run in development.
     secret_key: SecretStr | None = None
     log_level: str = "INFO"

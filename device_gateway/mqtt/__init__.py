@@ -1,0 +1,1 @@
+"""The MQTT device gateway: topics, acks after commit, and the gateway worker."""
