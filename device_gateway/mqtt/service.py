@@ -28,7 +28,12 @@ async def run_gateway(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with open_pool(settings.dsn(), min_size=1, max_size=3) as pool:
+    async with open_pool(
+        settings.dsn(),
+        min_size=0,  # start (and keep serving the broker) while the database is away
+        max_size=3,
+        server_settings={"application_name": f"vigil-gw-{worker_id}"},
+    ) as pool:
         worker = GatewayWorker(settings, build_pipeline(pool, settings), pool, worker_id)
         log.info("gateway worker %s starting (group %s)", worker.client_id, settings.gateway_group)
         async with asyncio.TaskGroup() as tg:

@@ -38,8 +38,15 @@ from services.settings import Settings
 
 log = logging.getLogger(__name__)
 
-_DB_ERRORS = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
-              asyncpg.CannotConnectNowError, StorageUnavailable, TimeoutError)  # fmt: skip
+# The database is away (restarting, failing over, unreachable): keep the batch, retry, no acks.
+_DB_ERRORS = (
+    OSError,
+    TimeoutError,
+    StorageUnavailable,
+    asyncpg.PostgresConnectionError,  # SQLSTATE class 08
+    asyncpg.exceptions.OperatorInterventionError,  # class 57: admin/crash shutdown, starting up
+    asyncpg.InterfaceError,  # the connection was closed under us
+)
 
 
 @dataclass(frozen=True, slots=True)
