@@ -47,6 +47,11 @@ class Settings(BaseSettings):
     gateway_batch_wait: timedelta = timedelta(milliseconds=50)
     #: Received-but-unstored messages above which a worker stops reading its socket.
     gateway_max_pending: int = Field(default=20_000, ge=100)
+    #: The gateway's /metrics and /healthz listener (port 0: any free port).
+    gateway_metrics_host: str = "127.0.0.1"
+    gateway_metrics_port: int = Field(default=9464, ge=0, le=65535)
+    #: Fleet alarm: no device heard from for this long means an outage, not quiet members.
+    fleet_silence_alarm: timedelta = timedelta(minutes=30)
     #: Secret used to key pseudonyms and sign sessions; generated per run in development.
     secret_key: SecretStr | None = None
     log_level: str = "INFO"

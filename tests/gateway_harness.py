@@ -80,6 +80,7 @@ def gateway_env(database_url: str, mqtt_url: str, group: str, **extra: str) -> d
         "VIGIL_MQTT_URL": mqtt_url,
         "VIGIL_GATEWAY_GROUP": group,
         "VIGIL_LOG_LEVEL": "INFO",
+        "VIGIL_GATEWAY_METRICS_PORT": "0",
         **extra,
     }
 

@@ -80,8 +80,10 @@ async def test_bad_input_is_acked_with_reasons_and_quarantined(
     messages = [
         orjson.dumps(good),
         orjson.dumps({**readings_for("gm-0000", 2)[1], "device_id": "gm-0001"}),  # not its own
-        orjson.dumps({"readings": [{**readings_for("gm-0000", 3)[2], "value": 5000},
-                                   readings_for("gm-0000", 4)[3]]}),  # fmt: skip
+        orjson.dumps(
+            {"readings": [{**readings_for("gm-0000", 3)[2], "value": 5000},
+                          readings_for("gm-0000", 4)[3]]}
+        ),  # fmt: skip
         b"\x00\xff binary junk",
         b"[" * 100_000,
         b'{"seq": 9, "kind": "glucose", "unit": "mg/dL", "value": 90, "extra": 1, '
@@ -116,3 +118,52 @@ async def test_bad_input_is_acked_with_reasons_and_quarantined(
     assert await db.fetchval("SELECT count(*) FROM readings") == 2
     # the device's last-seen time and status were recorded
     assert await db.fetchval("SELECT last_seen_at IS NOT NULL FROM devices WHERE id = 'gm-0000'")
+
+
+async def test_metrics_health_and_fleet_alarm(
+    db: asyncpg.Pool, database_url: str, broker: str
+) -> None:
+    import asyncio
+    import re
+
+    ids = await seed_fleet(db, 3)
+    # A fleet last heard from two hours ago: the alarm must fire (30 minutes by default).
+    await db.execute("UPDATE devices SET last_seen_at = now() - INTERVAL '2 hours'")
+    env = gateway_env(database_url, broker, f"g-{uuid.uuid4().hex[:6]}")
+    worker = GatewayProcess("observed", env)
+    await worker.start()
+    try:
+        port = next(
+            int(m.group(1))
+            for line in worker.log
+            if (m := re.search(r"metrics and health on http://127.0.0.1:(\d+)/", line))
+        )
+
+        async def get(path: str) -> tuple[str, str]:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            data = (await reader.read()).decode()
+            writer.close()
+            head, _, body = data.partition("\r\n\r\n")
+            return head.split("\r\n")[0], body
+
+        async with asyncio.timeout(10):
+            while not any("FLEET ALARM" in line for line in worker.log):
+                await asyncio.sleep(0.1)
+        status, body = await get("/healthz")
+        assert status.endswith("200 OK") and '"broker_connected": true' in body
+        meters = [_meter(d, broker) for d in ids]
+        for m in meters:
+            m.record(readings_for(m.device_id, 5))
+            m.record([{**readings_for(m.device_id, 6)[5], "value": 0}])  # out of range
+        async with running(meters):
+            await wait_all_acked(meters, timeout=30)
+        _, metrics = await get("/metrics")
+        assert 'vigil_gateway_readings_total{outcome="accepted",reason=""} 15.0' in metrics
+        rejected = 'vigil_gateway_readings_total{outcome="rejected",reason="out_of_range"} 3.0'
+        assert rejected in metrics
+        assert "vigil_gateway_last_reading_timestamp_seconds" in metrics
+        # member identity and values never appear in telemetry
+        assert "m-gm-" not in metrics and "gm-0000" not in metrics
+    finally:
+        assert await worker.stop() == 0

@@ -7,6 +7,7 @@ import logging
 import signal
 import socket
 
+from device_gateway.mqtt.observability import serve_observability
 from device_gateway.mqtt.worker import GatewayWorker
 from services.settings import Settings
 from services.storage.db import open_pool
@@ -36,8 +37,17 @@ async def run_gateway(
     ) as pool:
         worker = GatewayWorker(settings, build_pipeline(pool, settings), pool, worker_id)
         log.info("gateway worker %s starting (group %s)", worker.client_id, settings.gateway_group)
-        async with asyncio.TaskGroup() as tg:
+        async with (
+            serve_observability(
+                settings.gateway_metrics_host,
+                settings.gateway_metrics_port,
+                worker.metrics,
+                lambda: worker.health,
+            ),
+            asyncio.TaskGroup() as tg,
+        ):
             tg.create_task(worker.run(stop), name=f"gateway-{worker_id}")
+            tg.create_task(worker.watch_fleet(stop), name="fleet-alarm")
             if ready is not None:
                 await worker.subscribed.wait()
                 ready.set()

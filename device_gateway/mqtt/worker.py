@@ -31,6 +31,7 @@ from paho.mqtt.properties import Properties
 
 from device_gateway.mqtt.client import PausableClient
 from device_gateway.mqtt.messages import build_acks, split_readings_message
+from device_gateway.mqtt.observability import GatewayMetrics, Health
 from device_gateway.mqtt.topics import Topics
 from services.errors import StorageUnavailable
 from services.pipeline import Incoming, ReadingPipeline
@@ -98,6 +99,9 @@ class GatewayWorker:
         self._wake = asyncio.Event()
         self._client: PausableClient | None = None
         self.subscribed = asyncio.Event()
+        self.metrics = GatewayMetrics.create()
+        self.fleet_silent = False
+        self.health = Health()
 
     def _make_client(self) -> PausableClient:
         broker = BrokerAddress.parse(self._settings.mqtt_url.get_secret_value())
@@ -142,6 +146,8 @@ class GatewayWorker:
                 self._topics.shared(self._settings.gateway_group, "status"), qos=1
             )
             self.subscribed.set()
+            self.health.broker_connected = True
+            self.metrics.broker_connected.set(1)
             log.info("gateway worker %s subscribed", self.client_id)
             try:
                 async with asyncio.TaskGroup() as tg:
@@ -157,6 +163,8 @@ class GatewayWorker:
                     await storer
             finally:
                 self.subscribed.clear()
+                self.health.broker_connected = False
+                self.metrics.broker_connected.set(0)
                 self._client = None
 
     async def _read(self, client: PausableClient) -> None:
@@ -177,6 +185,7 @@ class GatewayWorker:
                 self._pending.append((device_id, item))
             if len(self._pending) >= self._settings.gateway_batch_size:
                 self._wake.set()
+            self.metrics.pending.set(len(self._pending))
             if len(self._pending) + client.queued >= max_pending:
                 client.pause_reading()
 
@@ -208,28 +217,59 @@ class GatewayWorker:
         prepared = self._pipeline.prepare(items)
         delay = 0.2
         while True:
+            started = time.perf_counter()
             try:
                 result = await self._pipeline.store(prepared)
+                self.health.database_ok = True
                 break
             except _DB_ERRORS as exc:
                 # No commit, no ack: devices keep these readings and resend if we die.
+                self.health.database_ok = False
+                self.metrics.db_retries.inc()
                 self.stats.db_retries += 1
                 log.warning("database unavailable (%s); batch of %d kept, retry in %.1fs",
                             type(exc).__name__, len(items), delay)  # fmt: skip
                 await asyncio.sleep(delay * random.uniform(0.5, 1.5))
                 delay = min(delay * 2, 10.0)
+        self.metrics.commit_seconds.observe(time.perf_counter() - started)
+        self.metrics.batch_size.observe(len(items))
         self.stats.batches += 1
         self.stats.readings += len(items)
-        self.stats.last_reading_at = time.time()
+        self.stats.last_reading_at = self.health.last_batch_at = time.time()
+        self.metrics.last_reading.set(max(i.received_at for i in items).timestamp())
         for o in result.outcomes:
             key = o.reason.value if o.reason else o.status
             self.stats.outcomes[key] = self.stats.outcomes.get(key, 0) + 1
+            self.metrics.readings.labels(o.status, o.reason.value if o.reason else "").inc()
         pairs = zip(batch, result.outcomes, strict=True)
         acks = build_acks((device, o) for (device, _), o in pairs)
         for device_id, payload in acks.items():
             await client.publish(self._topics.device(device_id, "acks"), payload, qos=0)
         self.stats.acks += len(acks)
+        oldest = min(i.received_at for i in items)
+        self.metrics.ack_seconds.observe((datetime.now(UTC) - oldest).total_seconds())
         await self._touch_devices(set(acks), datetime.now(UTC))
+
+    async def watch_fleet(self, stop: asyncio.Event, every: float = 60.0) -> None:
+        """The fleet alarm: when no device anywhere has been heard from for
+        `fleet_silence_alarm`, it is an outage (carrier, broker, gateway), not quiet members.
+        Raised loudly here and as a metric, long before every member shows "no recent readings"."""
+        limit = self._settings.fleet_silence_alarm
+        while not stop.is_set():
+            try:
+                last: datetime | None = await self._pool.fetchval(
+                    "SELECT max(last_seen_at) FROM devices WHERE status = 'active'"
+                )
+            except _DB_ERRORS:
+                last = None
+            else:
+                silent = last is not None and datetime.now(UTC) - last > limit
+                if silent and not self.fleet_silent:
+                    log.error("FLEET ALARM: no device heard from since %s", last)
+                self.fleet_silent = silent
+                self.metrics.fleet_silent.set(1 if silent else 0)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), every)
 
     async def _touch_devices(self, device_ids: set[str], now: datetime) -> None:
         try:
