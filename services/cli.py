@@ -41,7 +41,9 @@ quarantine_app = typer.Typer(
     help="Rejected readings: every one is kept with its reason code until replayed.",
     no_args_is_help=True,
 )
+alerts_app = typer.Typer(help="Clinical alerts raised by the rule engine.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+app.add_typer(alerts_app, name="alerts")
 app.add_typer(quarantine_app, name="quarantine")
 
 
@@ -212,6 +214,29 @@ def gateway(
     settings = _settings()
     _logging(settings)
     run(run_gateway(settings, worker_id or default_worker_id()))
+
+
+@alerts_app.command("list")
+def alerts_list(
+    status: Annotated[
+        str, typer.Option(help="active | open | acknowledged | resolved | all")
+    ] = "active",
+    output: Annotated[str, typer.Option("--format", help="table | jsonl")] = "table",
+    limit: Annotated[int, typer.Option(help="At most this many alerts")] = 500,
+) -> None:
+    """The alert queue in priority order: live before retrospective, tier, then SLA deadline.
+
+    JSONL objects carry id, member_id, rule, tier, status, retrospective, opened_at, count,
+    worst_value (and latest_value, unit, sla_due_at, acknowledged_by, escalated).
+    """
+    from services.commands import alerts_list_command
+
+    if status not in ("active", "open", "acknowledged", "resolved", "all"):
+        typer.echo(f"vigil: unknown status {status!r}", err=True)
+        raise typer.Exit(2)
+    settings = _settings()
+    _logging(settings)
+    typer.echo(run(alerts_list_command(settings, status, output, limit)))
 
 
 @app.command("demo")

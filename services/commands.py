@@ -10,7 +10,7 @@ import asyncpg
 
 from services.errors import StorageUnavailable
 from services.ingest_file import IngestCounts, ingest_file
-from services.pipeline import NullSink, ReadingPipeline, ReadingSink
+from services.pipeline import ReadingPipeline, ReadingSink
 from services.quarantine import list_entries, render_entries, replay
 from services.settings import Settings
 from services.storage.db import ensure_database, open_pool
@@ -19,8 +19,11 @@ from services.storage.rollups import refresh_rollups
 
 
 def reading_sink(pool: asyncpg.Pool, settings: Settings) -> ReadingSink:
-    """The rule engine's entry point for committed readings (alerting/ plugs in here)."""
-    return NullSink()
+    """The rule engine's entry point for committed readings: every process that stores
+    readings (gateway workers, the API, `vigil ingest`) evaluates them right after commit."""
+    from alerting.engine import RuleEngine
+
+    return RuleEngine(pool)
 
 
 def build_pipeline(pool: asyncpg.Pool, settings: Settings) -> ReadingPipeline:
@@ -48,6 +51,24 @@ async def refresh_rollups_command(settings: Settings, since: datetime | None) ->
     async with open_pool(settings.dsn(), max_size=1) as pool, pool.acquire() as conn:
         start, end = await refresh_rollups(conn, since=since)
     return f"rollups refreshed from {start.isoformat()} to {end.isoformat()}"
+
+
+async def alerts_list_command(settings: Settings, status: str, fmt: str, limit: int) -> str:
+    from alerting.lifecycle import queue
+
+    async with open_pool(settings.dsn(), max_size=1) as pool:
+        alerts = await queue(pool, status=status, limit=limit)
+    if fmt == "jsonl":
+        return "\n".join(json.dumps(a.as_json()) for a in alerts)
+    lines = [f"{'id':>7}  {'tier':<8} {'rule':<24} {'member':<14} {'status':<12} "
+             f"{'count':>5}  {'worst':>8}  {'due':<20} live"]  # fmt: skip
+    lines += [
+        f"{a.id:>7}  {a.tier:<8} {a.rule:<24} {a.member_id[:14]:<14} {a.status:<12} "
+        f"{a.count:>5}  {str(a.worst_value or '-'):>8}  {a.sla_due_at.isoformat()[:19]:<20} "
+        f"{'no' if a.retrospective else 'yes'}"
+        for a in alerts
+    ]
+    return "\n".join(lines)
 
 
 async def import_command(settings: Settings, path: Path) -> str:

@@ -111,6 +111,7 @@ class Outcome:
 class BatchResult:
     outcomes: list[Outcome]
     stored: list[StoredReading] = field(default_factory=list)
+    outbox_id: int | None = None
 
     def counts(self) -> Counter[str]:
         c: Counter[str] = Counter()
@@ -220,8 +221,25 @@ class ReadingPipeline:
                     log.info("batch of %d retried after a lock conflict", len(batch.items))
                     await asyncio.sleep(0.05 * attempt)
         if result.stored:
-            await self._sink.readings_committed(result.stored)
+            await self._hand_off(result)
         return result
+
+    async def _hand_off(self, result: BatchResult) -> None:
+        """Give the committed readings to the sink. The readings are stored whatever happens
+        here; a durable sink's outbox row stays behind on failure, for its sweeper."""
+        try:
+            await self._sink.readings_committed(result.stored)
+        except Exception:
+            if result.outbox_id is None:
+                raise
+            log.exception(
+                "the rule engine failed on a committed batch of %d readings; outbox row %d "
+                "stays for the sweeper", len(result.stored), result.outbox_id,
+            )  # fmt: skip
+            return
+        if result.outbox_id is not None:
+            async with self._pool.acquire() as conn:
+                await conn.execute("DELETE FROM rule_outbox WHERE id = $1", result.outbox_id)
 
     async def _store(self, conn: Connection, batch: PreparedBatch) -> BatchResult:
         outcomes: list[Outcome | None] = [None] * len(batch.items)
@@ -251,7 +269,15 @@ class ReadingPipeline:
             )  # fmt: skip
         await self._quarantine(conn, batch.items, rejected, outcomes)
         await self._resolve_replayed(conn, batch.items, outcomes)
-        return BatchResult([o for o in outcomes if o is not None], stored)
+        outbox_id = None
+        if stored and getattr(self._sink, "durable", False):
+            outbox_id = await conn.fetchval(
+                "INSERT INTO rule_outbox (device_ids, seq_epochs, seqs) VALUES ($1, $2, $3) "
+                "RETURNING id",
+                [s.device_id for s in stored], [s.seq_epoch for s in stored],
+                [s.seq for s in stored],
+            )  # fmt: skip
+        return BatchResult([o for o in outcomes if o is not None], stored, outbox_id)
 
     async def _classify_and_insert(  # noqa: PLR0915 - one pass over the batch, kept in one place
         self,

@@ -42,10 +42,17 @@ class StoredReading(NamedTuple):
 
 
 class ReadingSink(Protocol):
+    #: True when every committed batch must reach the sink even if this process dies right
+    #: after the commit: the pipeline then writes an outbox row in the batch's transaction.
+    durable: bool
+
     async def readings_committed(self, readings: Sequence[StoredReading]) -> None:
         """Called once per committed batch with the readings it newly stored (never duplicates)."""
 
 
 class NullSink:
+    #: The pipeline keeps an outbox row per batch for sinks that must see every reading.
+    durable = False
+
     async def readings_committed(self, readings: Sequence[StoredReading]) -> None:
         return None
