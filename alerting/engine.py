@@ -14,14 +14,21 @@ import logging
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Any, Final
 from zoneinfo import ZoneInfo
 
 import asyncpg
 
 from alerting.policy import AlertPolicy
-from alerting.rules import HISTORY, TIER_RANK, Finding, MemberContext, RuleReading, evaluate
+from alerting.rules import (
+    HISTORY,
+    TIER_RANK,
+    Finding,
+    MemberContext,
+    RuleReading,
+    evaluate,
+    is_low,
+)
 from alerting.thresholds import apply_overrides
 from services.pipeline.sink import StoredReading
 from services.storage.db import Connection
@@ -90,18 +97,16 @@ class RuleEngine:
             by_member[members[r.key]].append(r)
         async with self._pool.acquire() as conn:
             contexts = await self._contexts(conn, list(by_member))
-            history = await self._history(conn, by_member)
+            history = await self._history(conn, by_member, contexts)
             findings: list[tuple[str, Finding]] = []
             for member_id, rs in by_member.items():
                 if member_id not in contexts:
                     continue
                 ctx, _ = contexts[member_id]
-                past = history.get(member_id, [])
-                for r in sorted(rs, key=lambda x: x.effective_at):
-                    window = [h for h in past if h.effective_at <= r.effective_at]
-                    if not any(h.key == r.key for h in window):
-                        window.append(r)
-                    findings += [(member_id, f) for f in evaluate(ctx, r, window)]
+                # The rules bound their windows by each reading's effective_at themselves.
+                past = history.get(member_id) or rs
+                for r in rs:
+                    findings += [(member_id, f) for f in evaluate(ctx, r, past)]
             if not findings:
                 return []
             return await self.record(conn, findings, {m: p for m, (_, p) in contexts.items()})
@@ -161,15 +166,21 @@ class RuleEngine:
         return out
 
     async def _history(
-        self, conn: Connection, by_member: dict[str, list[RuleReading]]
+        self,
+        conn: Connection,
+        by_member: dict[str, list[RuleReading]],
+        contexts: dict[str, tuple[MemberContext, AlertPolicy]],
     ) -> dict[str, list[RuleReading]]:
         """Stored readings the windowed rules need (the batch's own included: committed)."""
         wanted: dict[str, set[str]] = defaultdict(set)
         earliest: dict[str, datetime] = {}
         latest: dict[str, datetime] = {}
         for member_id, rs in by_member.items():
+            if member_id not in contexts:
+                continue
+            thresholds = contexts[member_id][0].thresholds
             for r in rs:
-                if r.kind == "glucose" and not _could_be_low(r):
+                if r.kind == "glucose" and not is_low(thresholds, r):
                     continue  # only lows look back (recurring hypoglycaemia)
                 wanted[r.kind].add(member_id)
                 since = r.effective_at - HISTORY[r.kind]
@@ -306,14 +317,6 @@ class RuleEngine:
             member_id, f.rule,
         )  # fmt: skip
         return resolved_at is not None and now - resolved_at < policy.cooldown
-
-
-def _could_be_low(r: RuleReading) -> bool:
-    # Generous on purpose: any care plan's level-1 threshold stays far below 180 mg/dL.
-    if "LO" in r.flags:
-        return True
-    mgdl = r.glucose_mgdl
-    return mgdl is not None and mgdl < Decimal(180)
 
 
 def _key(r: RuleReading) -> str:

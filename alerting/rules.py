@@ -91,7 +91,7 @@ def _finding(ctx: MemberContext, rule: str, tier: Tier, r: RuleReading, value: D
     return Finding(rule, tier, r, ctx.late(r), value, unit, worse, detail)
 
 
-def _is_low(t: Thresholds, r: RuleReading) -> bool:
+def is_low(t: Thresholds, r: RuleReading) -> bool:
     if r.kind != "glucose" or r.control:
         return False
     if "LO" in r.flags:
@@ -193,11 +193,11 @@ def irregular_pulse(ctx: MemberContext, r: RuleReading, history: History) -> Fin
 def recurring_hypoglycemia(ctx: MemberContext, r: RuleReading, history: History) -> Finding | None:
     """>= 3 low episodes within 7 days (lows less than 2 hours apart are one episode): medium."""
     t = ctx.thresholds
-    if not _is_low(t, r):
+    if not is_low(t, r):
         return None
     lows = sorted(
         h.effective_at for h in history
-        if r.effective_at - WEEK < h.effective_at <= r.effective_at and _is_low(t, h)
+        if r.effective_at - WEEK < h.effective_at <= r.effective_at and is_low(t, h)
     )  # fmt: skip
     episodes = 0
     last: datetime | None = None
@@ -284,6 +284,15 @@ HISTORY: Final[dict[str, timedelta]] = {
 }
 
 
+_BY_KIND: Final[dict[str, tuple[Rule, ...]]] = {
+    "glucose": (hypoglycemia, hyperglycemia, recurring_hypoglycemia),
+    "blood_pressure": (bp_severe, hypotension, bp_uncontrolled, irregular_pulse),
+    "weight": (weight_gain_rapid, weight_data_quality),
+}
+assert {r for rules in _BY_KIND.values() for r in rules} == set(READING_RULES)  # noqa: S101
+
+
 def evaluate(ctx: MemberContext, r: RuleReading, history: History) -> list[Finding]:
-    """All findings for one reading; the history must include the reading itself."""
-    return [f for rule in READING_RULES if (f := rule(ctx, r, history)) is not None]
+    """All findings for one reading. `history` holds the member's stored readings (it may
+    include later ones: every rule bounds its window by `r.effective_at`)."""
+    return [f for rule in _BY_KIND.get(r.kind, ()) if (f := rule(ctx, r, history)) is not None]
