@@ -1,1 +1,1 @@
-"""Device gateway: MQTT, the Bluetooth bridge and HTTP ingest, all thin adapters onto the pipeline."""
+"""Device gateway: MQTT, the Bluetooth bridge and HTTP ingest; thin adapters onto the pipeline."""
