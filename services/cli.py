@@ -15,6 +15,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
+from services.cli_devices import broker_app, devices_app
 from services.errors import VigilError
 from services.runtime import run_loop
 from services.settings import Settings
@@ -42,6 +43,8 @@ quarantine_app = typer.Typer(
     no_args_is_help=True,
 )
 alerts_app = typer.Typer(help="Clinical alerts raised by the rule engine.", no_args_is_help=True)
+app.add_typer(devices_app, name="devices")
+app.add_typer(broker_app, name="broker")
 app.add_typer(db_app, name="db")
 app.add_typer(alerts_app, name="alerts")
 app.add_typer(quarantine_app, name="quarantine")
@@ -202,6 +205,14 @@ def gateway(
         str | None,
         typer.Option(help="Stable worker id: the MQTT client id is vigil-gw-<id> (default: host)"),
     ] = None,
+    leave: Annotated[
+        bool,
+        typer.Option(
+            "--leave",
+            help="On shutdown, end this worker's broker session for good (scale-down), so the "
+            "shared subscription stops dealing readings to it",
+        ),
+    ] = False,
 ) -> None:
     """Run one MQTT gateway worker: readings in, stored exactly once, acked after commit.
 
@@ -213,7 +224,7 @@ def gateway(
 
     settings = _settings()
     _logging(settings)
-    run(run_gateway(settings, worker_id or default_worker_id()))
+    run(run_gateway(settings, worker_id or default_worker_id(), leave=leave))
 
 
 @alerts_app.command("list")

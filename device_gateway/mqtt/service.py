@@ -21,7 +21,7 @@ def default_worker_id() -> str:
 
 
 async def run_gateway(
-    settings: Settings, worker_id: str, ready: asyncio.Event | None = None
+    settings: Settings, worker_id: str, ready: asyncio.Event | None = None, *, leave: bool = False
 ) -> None:
     from services.commands import build_pipeline
 
@@ -51,3 +51,5 @@ async def run_gateway(
             if ready is not None:
                 await worker.subscribed.wait()
                 ready.set()
+        if leave:
+            await worker.leave()

@@ -136,6 +136,22 @@ class GatewayWorker:
         # otherwise devices resend it.
         log.info("gateway worker %s stopped: %s", self.client_id, self.stats)
 
+    async def leave(self) -> None:
+        """End this worker's persistent session (a scale-down). Mosquitto keeps dealing shared-
+        subscription messages to an offline member's session until it expires; reconnecting
+        with a clean start and a zero expiry removes it at once. Whatever the broker had queued
+        for it is dropped unacked, so devices resend it to the remaining workers."""
+        broker = BrokerAddress.parse(self._settings.mqtt_url.get_secret_value())
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = 0
+        async with aiomqtt.Client(
+            broker.host, broker.port, username=broker.username, password=broker.password,
+            identifier=self.client_id, protocol=aiomqtt.ProtocolVersion.V5, clean_start=True,
+            properties=props, timeout=10,
+        ):  # fmt: skip
+            pass
+        log.info("gateway worker %s left: its broker session is gone", self.client_id)
+
     async def _serve(self, stop: asyncio.Event) -> None:
         async with self._make_client() as client:
             self._client = client
