@@ -22,7 +22,8 @@ VIGIL = str(Path(sys.executable).with_name("vigil"))
 class GatewayProcess:
     """`vigil gateway` as a real OS process (so tests can SIGKILL it)."""
 
-    def __init__(self, worker_id: str, env: dict[str, str]) -> None:
+    def __init__(self, worker_id: str, env: dict[str, str], *args: str) -> None:
+        self.args = args
         self.worker_id = worker_id
         self.env = env
         self.proc: asyncio.subprocess.Process | None = None
@@ -31,7 +32,7 @@ class GatewayProcess:
 
     async def start(self, timeout: float = 20) -> None:
         self.proc = await asyncio.create_subprocess_exec(
-            VIGIL, "gateway", "--worker-id", self.worker_id, env=self.env,
+            VIGIL, "gateway", "--worker-id", self.worker_id, *self.args, env=self.env,
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip

@@ -167,3 +167,28 @@ async def test_metrics_health_and_fleet_alarm(
         assert "m-gm-" not in metrics and "gm-0000" not in metrics
     finally:
         assert await worker.stop() == 0
+
+
+async def test_a_worker_that_leaves_gets_no_more_readings(
+    db: asyncpg.Pool, database_url: str, broker: str
+) -> None:
+    ids = await seed_fleet(db, 20)
+    env = gateway_env(database_url, broker, f"g-{uuid.uuid4().hex[:6]}")
+    stays = GatewayProcess("stays", env)
+    leaver = GatewayProcess("leaver", env, "--leave")
+    await stays.start()
+    await leaver.start()
+    assert await leaver.stop() == 0
+    assert any("left: its broker session is gone" in line for line in leaver.log)
+    # No resends allowed within the test: every reading must reach the remaining worker at once
+    # (without --leave, Mosquitto would keep dealing every other message to the gone session).
+    meters = [_meter(d, broker, resend_after=600.0) for d in ids]
+    for m in meters:
+        m.record(readings_for(m.device_id, 10))
+    try:
+        async with running(meters):
+            await wait_all_acked(meters, timeout=30)
+    finally:
+        assert await stays.stop() == 0
+    assert sum(m.stats.resent for m in meters) == 0
+    assert await db.fetchval("SELECT count(*) FROM readings") == 200
