@@ -250,6 +250,18 @@ def alerts_list(
     typer.echo(run(alerts_list_command(settings, status, output, limit)))
 
 
+@app.command("api")
+def api(
+    host: Annotated[str, typer.Option(help="Listen address")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Listen port")] = 8080,
+) -> None:
+    """Run the member app API: sign-up, POST /v1/readings, the member's own readings and
+    summaries (bearer tokens bound to one member)."""
+    from services.cli_api import api as api_command
+
+    api_command(host=host, port=port)
+
+
 @app.command("demo")
 def demo(
     members: Annotated[int, typer.Option(help="Simulated members")] = 60,

@@ -92,6 +92,10 @@ async def replay(
                WHERE status = 'open' AND id > $1
                  AND ($2::text IS NULL OR reason = $2) AND ($3::text IS NULL OR device_id = $3)
                  AND (cardinality($4::bigint[]) = 0 OR id = ANY($4::bigint[]))
+                 -- The app API rejected these because the member did not hold the device; a
+                 -- replay without that check could file them under someone else. Only by --id.
+                 AND (cardinality($4::bigint[]) > 0
+                      OR NOT (transport = 'http' AND reason = 'device_mismatch'))
                ORDER BY id LIMIT $5""",
             last_id,
             reason,

@@ -256,3 +256,17 @@ async def test_rollup_view_matches_readings_before_and_after_refresh(db: asyncpg
     await pipeline.process(_items([glucose(11, 90, "2026-11-03T14:30:00+00:00")]))
     rows = await db.fetch(query)
     assert len(rows) == 2 and rows[-1]["n"] == 1
+
+
+async def test_hostile_text_and_revoked_devices_are_quarantined(db: asyncpg.Pool) -> None:
+    await seed_member(db)
+    nul = b'{"device_id": "gm-1\\u0000x", "seq": 1, "kind": "glucose", "val\\u0000ue": 1}'
+    result = await ReadingPipeline(db).process(_items([nul, glucose(2)]))
+    assert [o.status for o in result.outcomes] == ["rejected", "accepted"]
+    raw = await db.fetchval("SELECT raw FROM quarantine")
+    assert bytes(raw) == nul  # the raw payload is kept exactly
+    await db.execute("UPDATE devices SET status = 'revoked'")
+    result = await ReadingPipeline(db).process(_items([glucose(3)]))
+    assert result.outcomes[0].reason is not None
+    assert result.outcomes[0].reason.value == "device_revoked"
+    assert await db.fetchval("SELECT count(*) FROM readings") == 1

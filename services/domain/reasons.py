@@ -33,5 +33,6 @@ class ReasonCode(StrEnum):
     # The reading cannot be attributed to a member, or contradicts what is stored.
     UNKNOWN_DEVICE = "unknown_device"
     UNASSIGNED_DEVICE = "unassigned_device"
+    DEVICE_REVOKED = "device_revoked"
     DEVICE_MISMATCH = "device_mismatch"
     SEQ_CONFLICT = "seq_conflict"

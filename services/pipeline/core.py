@@ -140,6 +140,7 @@ class _DeviceState:
     assignments: list[tuple[str, datetime | None, datetime | None]]  # member, [from, to)
     epoch: int
     stored_epoch: int
+    revoked: bool = False
     # (seq, device time) of readings with a trustworthy clock in the current epoch, sorted.
     clock_marks: list[tuple[int, datetime]] = field(default_factory=list)
 
@@ -318,6 +319,11 @@ class ReadingPipeline:
                     ReasonCode.UNKNOWN_DEVICE, "no such device in Vigil", device_id, seq
                 )
                 continue
+            if state.revoked:
+                rejected[i] = ReadingRejected(
+                    ReasonCode.DEVICE_REVOKED, "the device was revoked", device_id, seq
+                )
+                continue
             received_at = items[i].received_at
             if (device_id, seq, n.content_hash) in stored:
                 outcomes[i] = Outcome("duplicate", device_id, seq)
@@ -438,7 +444,7 @@ class ReadingPipeline:
     ) -> dict[str, _DeviceState]:
         rows = await conn.fetch(
             """SELECT d.id, d.in_service_from, d.seq_epoch, a.member_id,
-                      a.assigned_from, a.assigned_to
+                      a.assigned_from, a.assigned_to, d.status
                FROM devices d LEFT JOIN device_assignments a ON a.device_id = d.id
                WHERE d.id = ANY($1::text[])""",
             list(device_ids),
@@ -457,6 +463,7 @@ class ReadingPipeline:
                     assignments=[],
                     epoch=r[2],
                     stored_epoch=r[2],
+                    revoked=r[6] == "revoked",
                 )
             if r[3] is not None:
                 state.assignments.append((r[3], r[4], r[5]))
@@ -527,18 +534,21 @@ class ReadingPipeline:
         fresh: list[tuple[object, ...]] = []
         for i, rej in sorted(rejected.items()):
             item = items[i]
-            device_id = rej.device_id or item.topic_device_id
-            outcomes[i] = Outcome("rejected", device_id, rej.seq, rej.reason, rej.detail)
+            # Text columns cannot hold NUL; a hostile payload's text is kept escaped (the raw
+            # bytes are stored untouched in `raw`).
+            device_id = _text(rej.device_id or item.topic_device_id)
+            detail = _text(rej.detail) or ""
+            outcomes[i] = Outcome("rejected", device_id, rej.seq, rej.reason, detail)
             if item.quarantine_id is not None:
                 await conn.execute(
                     "UPDATE quarantine SET attempts = attempts + 1, last_attempt = now(), "
                     "reason = $2, detail = $3 WHERE id = $1",
-                    item.quarantine_id, rej.reason.value, rej.detail,
+                    item.quarantine_id, rej.reason.value, detail,
                 )  # fmt: skip
             else:
                 fresh.append(
                     (item.received_at, item.transport, device_id, rej.seq, rej.reason.value,
-                     rej.detail, item.raw, item.received_at)
+                     detail, item.raw, item.received_at)
                 )  # fmt: skip
         if fresh:
             await conn.copy_records_to_table(
@@ -564,6 +574,10 @@ class ReadingPipeline:
                 "attempts = attempts + 1, last_attempt = now() WHERE id = $1",
                 done,
             )
+
+
+def _text(s: str | None) -> str | None:
+    return None if s is None else s.replace("\x00", "\\x00")
 
 
 class _SlotsTaken(Exception):  # noqa: N818 - control flow inside _insert_staged only
