@@ -229,6 +229,24 @@ class GatewayWorker:
     async def _store_and_ack(
         self, client: PausableClient, batch: Sequence[tuple[str, Incoming]]
     ) -> None:
+        try:
+            await self._store_and_ack_batch(client, batch)
+        except asyncpg.PostgresError as exc:
+            # Not an outage: something in this batch the database refuses (a bug to fix). Keep
+            # serving everyone else: store the messages one by one, and leave any that still
+            # fails unacked (its device resends it; nothing is lost, nothing loops).
+            log.error("batch of %d refused by the database (%s); storing one by one",
+                      len(batch), type(exc).__name__)  # fmt: skip
+            for one in batch:
+                try:
+                    await self._store_and_ack_batch(client, [one])
+                except asyncpg.PostgresError as single:
+                    log.error("a reading from device %s was refused (%s): left unacked",
+                              one[0], type(single).__name__)  # fmt: skip
+
+    async def _store_and_ack_batch(
+        self, client: PausableClient, batch: Sequence[tuple[str, Incoming]]
+    ) -> None:
         items = [item for _, item in batch]
         prepared = self._pipeline.prepare(items)
         delay = 0.2
