@@ -64,7 +64,7 @@ async def alerts_list_command(settings: Settings, status: str, fmt: str, limit: 
              f"{'count':>5}  {'worst':>8}  {'due':<20} live"]  # fmt: skip
     lines += [
         f"{a.id:>7}  {a.tier:<8} {a.rule:<24} {a.member_id[:14]:<14} {a.status:<12} "
-        f"{a.count:>5}  {str(a.worst_value or '-'):>8}  {a.sla_due_at.isoformat()[:19]:<20} "
+        f"{a.count:>5}  {a.worst_value or '-'!s:>8}  {a.sla_due_at.isoformat()[:19]:<20} "
         f"{'no' if a.retrospective else 'yes'}"
         for a in alerts
     ]
