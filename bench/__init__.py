@@ -17,9 +17,13 @@ Benchmark = Callable[[Settings, bool], Awaitable[dict[str, Any]]]
 
 
 def _registry() -> dict[str, Benchmark]:
-    from bench import ingest_file
+    from bench import ingest_backlog, ingest_file, ingest_mqtt
 
-    return {"ingest_file": ingest_file.run}
+    return {
+        "ingest_file": ingest_file.run,
+        "ingest_mqtt": ingest_mqtt.run,
+        "ingest_backlog": ingest_backlog.run,
+    }
 
 
 async def run_benchmarks(settings: Settings, name: str | None, *, quick: bool) -> None:

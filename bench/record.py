@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 REPO = Path(__file__).resolve().parent.parent
-DOCS = REPO / "docs"
+#: Where the records go: docs/, or VIGIL_BENCH_DOCS (the tests point it at a temporary folder).
+DOCS = Path(os.environ.get("VIGIL_BENCH_DOCS") or REPO / "docs")
 
 
 @dataclass(frozen=True, slots=True)
