@@ -9,6 +9,7 @@ New and changed alerts are announced with NOTIFY on `vigil_alerts` when they com
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections import defaultdict
@@ -18,6 +19,7 @@ from typing import Any, Final
 from zoneinfo import ZoneInfo
 
 import asyncpg
+import orjson
 
 from alerting.policy import AlertPolicy
 from alerting.rules import (
@@ -29,7 +31,7 @@ from alerting.rules import (
     evaluate,
     is_low,
 )
-from alerting.thresholds import apply_overrides
+from alerting.thresholds import DEFAULTS, apply_overrides
 from services.pipeline.sink import StoredReading
 from services.storage.db import Connection
 
@@ -152,14 +154,19 @@ class RuleEngine:
             member_ids,
         )
         out = {}
+        policies: dict[str, AlertPolicy] = {}  # most members of a batch share a few clients
         for r in rows:
-            policy = AlertPolicy.from_json(_json(r["alert_policy"]))
-            overrides = _json(r["overrides"]) or []
+            raw_policy = r["alert_policy"]
+            policy = policies.get(raw_policy)
+            if policy is None:
+                policy = policies[raw_policy] = AlertPolicy.from_json(_json(raw_policy))
+            raw_overrides = r["overrides"]
+            overrides = _json(raw_overrides) if raw_overrides not in (None, "[]") else []
             ctx = MemberContext(
                 member_id=r["id"],
-                zone=ZoneInfo(r["timezone"]),
+                zone=_zone(r["timezone"]),
                 conditions=frozenset(r["conditions"] or ()),
-                thresholds=apply_overrides(overrides if isinstance(overrides, list) else []),
+                thresholds=apply_overrides(overrides) if overrides else DEFAULTS,
                 late_after=policy.late_after,
             )
             out[r["id"]] = (ctx, policy)
@@ -319,12 +326,17 @@ class RuleEngine:
         return resolved_at is not None and now - resolved_at < policy.cooldown
 
 
+@functools.lru_cache(maxsize=512)
+def _zone(name: str) -> ZoneInfo:
+    return ZoneInfo(name)
+
+
 def _key(r: RuleReading) -> str:
     return f"{r.device_id}/{r.seq_epoch}/{r.seq}"
 
 
 def _json(v: Any) -> Any:
-    return json.loads(v) if isinstance(v, str) else v
+    return orjson.loads(v) if isinstance(v, str) else v
 
 
 async def _event(

@@ -247,7 +247,7 @@ async def test_care_plan_overrides_and_their_floors(world: World) -> None:
     await world.db.execute("UPDATE care_plans SET overrides = $1", json.dumps(overrides))
     await world.glucose(75)
     assert await world.alerts() == [("hypoglycemia", "high", 1)]
-    await world.db.execute("TRUNCATE alerts, alert_readings, alert_events")
+    await world.db.execute("TRUNCATE alerts, alert_readings, alert_events CASCADE")
     # An override cannot loosen the level-2 floor: 40 below level 2 is ignored, 50 is critical.
     loosened = [{"rule": "hypoglycemia", "parameter": "level1_mgdl", "value": "40",
                  "reason": "x", "set_by": "c-rn"},

@@ -62,6 +62,10 @@ class PausableClient(aiomqtt.Client):
             if self._vigil_fd is not None and self._vigil_reader is not None:
                 self._loop.add_reader(self._vigil_fd, self._vigil_reader)
 
+    def publish_nowait(self, topic: str, payload: bytes) -> None:
+        """A QoS 0 publish without waiting for the event loop to flush it."""
+        self._client.publish(topic, payload, qos=0)
+
     @property
     def queued(self) -> int:
         return self._queue.qsize()
