@@ -262,6 +262,15 @@ def api(
     api_command(host=host, port=port)
 
 
+def _register_simulate() -> None:
+    from services.cli_simulate import simulate
+
+    app.command("simulate")(simulate)
+
+
+_register_simulate()
+
+
 @app.command("demo")
 def demo(
     members: Annotated[int, typer.Option(help="Simulated members")] = 60,

@@ -106,15 +106,15 @@ _COACHES: Final = (
 )
 _CARE_COACHES: Final = tuple(c["id"] for c in _COACHES if c["role"] == "coach")
 
-_FIRST_NAMES: Final = (
+FIRST_NAMES: Final = (
     "Ada", "Ben", "Cora", "Dev", "Eli", "Fay", "Gus", "Hana", "Ivo", "Jade", "Kai", "Lena",
     "Milo", "Nora", "Otto", "Pia", "Quin", "Rosa", "Sami", "Tess", "Uma", "Vic", "Wren", "Yara",
 )  # fmt: skip
-_SURNAMES: Final = (
+SURNAMES: Final = (
     "Example", "Sample", "Testwell", "Placeholder", "Mockley", "Fakename", "Dummyson",
     "Specimen", "Demoski", "Fixture", "Stubbs", "Synthetic",
 )  # fmt: skip
-_AREA_CODES: Final = ("312", "415", "512", "617", "720", "206")
+AREA_CODES: Final = ("312", "415", "512", "617", "720", "206")
 
 
 def generate_population(members: int, *, seed: int = DEMO_SEED) -> dict[str, Any]:
@@ -166,9 +166,9 @@ def _member(index: int, seed: int) -> dict[str, Any]:
     return {
         "id": member_id,
         "client": client.id,
-        "name": f"{rng.choice(_FIRST_NAMES)} {rng.choice(_SURNAMES)}",
+        "name": f"{rng.choice(FIRST_NAMES)} {rng.choice(SURNAMES)}",
         "birth_date": birth,
-        "phone": f"+1-{rng.choice(_AREA_CODES)}-555-01{rng.randrange(100):02d}",
+        "phone": f"+1-{rng.choice(AREA_CODES)}-555-01{rng.randrange(100):02d}",
         "timezone": rng.choice(client.member_zones),
         "coach": rng.choice(_CARE_COACHES),
         "care_plan": {"conditions": list(profile.conditions)},
