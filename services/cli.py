@@ -15,6 +15,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
+from services.cli_ble import ble_app
 from services.cli_devices import broker_app, devices_app
 from services.errors import VigilError
 from services.runtime import run_loop
@@ -44,6 +45,7 @@ quarantine_app = typer.Typer(
 )
 alerts_app = typer.Typer(help="Clinical alerts raised by the rule engine.", no_args_is_help=True)
 app.add_typer(devices_app, name="devices")
+app.add_typer(ble_app, name="ble")
 app.add_typer(broker_app, name="broker")
 app.add_typer(db_app, name="db")
 app.add_typer(alerts_app, name="alerts")

@@ -36,18 +36,42 @@ from .racp import (
     encode_racp_report_from,
 )
 from .to_reading import blood_pressure_to_payload, glucose_to_payload, weight_to_payload
+from .transport import (
+    BleTransportError,
+    BluetoothUnavailable,
+    ConnectFailed,
+    DeviceNotFound,
+    DiscoveredDevice,
+    GattOperationFailed,
+    GattSession,
+    GattTimeout,
+    GattTransport,
+    LinkLost,
+    PairingRequired,
+)
 from .weight import WeightMeasurement, parse_weight_measurement
 
 __all__ = [
     "BleError",
+    "BleTransportError",
     "BloodPressureMeasurement",
+    "BluetoothUnavailable",
+    "ConnectFailed",
+    "DeviceNotFound",
+    "DiscoveredDevice",
     "GattDecodeError",
     "GattEncodeError",
+    "GattOperationFailed",
+    "GattSession",
+    "GattTimeout",
+    "GattTransport",
     "GlucoseContext",
     "GlucoseMeasurement",
     "GlucoseRecord",
     "GlucoseRecordMatcher",
+    "LinkLost",
     "MalformedFrame",
+    "PairingRequired",
     "RacpOpcode",
     "RacpOperator",
     "RacpRecordCount",
