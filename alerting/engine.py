@@ -85,11 +85,22 @@ class RuleEngine:
         self._clock = clock
 
     async def readings_committed(self, readings: Sequence[StoredReading]) -> None:
-        members = {(s.device_id, s.seq_epoch, s.seq): s.member_id for s in readings}
-        await self.evaluate([rule_reading(s) for s in readings], members)
+        async with self._pool.acquire() as conn:
+            contexts = await self._contexts(conn, list({s.member_id for s in readings}))
+        # Most readings are unremarkable glucose values: within the member's band no glucose
+        # rule can fire and none needs history, so they are not evaluated further.
+        worth = [
+            s for s in readings
+            if s.member_id in contexts and not _quiet_glucose(contexts[s.member_id][0], s)
+        ]  # fmt: skip
+        members = {(s.device_id, s.seq_epoch, s.seq): s.member_id for s in worth}
+        await self.evaluate([rule_reading(s) for s in worth], members, contexts)
 
     async def evaluate(
-        self, readings: Sequence[RuleReading], members: dict[tuple[str, int, int], str]
+        self,
+        readings: Sequence[RuleReading],
+        members: dict[tuple[str, int, int], str],
+        contexts: dict[str, tuple[MemberContext, AlertPolicy]] | None = None,
     ) -> list[int]:
         """Run every reading-driven rule on `readings`; returns the ids of alerts touched."""
         if not readings:
@@ -98,7 +109,8 @@ class RuleEngine:
         for r in readings:
             by_member[members[r.key]].append(r)
         async with self._pool.acquire() as conn:
-            contexts = await self._contexts(conn, list(by_member))
+            if contexts is None:
+                contexts = await self._contexts(conn, list(by_member))
             history = await self._history(conn, by_member, contexts)
             findings: list[tuple[str, Finding]] = []
             for member_id, rs in by_member.items():
@@ -324,6 +336,14 @@ class RuleEngine:
             member_id, f.rule,
         )  # fmt: skip
         return resolved_at is not None and now - resolved_at < policy.cooldown
+
+
+def _quiet_glucose(ctx: MemberContext, s: StoredReading) -> bool:
+    n = s.reading
+    if n.kind != "glucose" or n.flags or n.value is None:
+        return False
+    t = ctx.thresholds
+    return t.hypo_level1.in_unit(n.unit) <= n.value < t.hyper_medium.in_unit(n.unit)
 
 
 @functools.lru_cache(maxsize=512)

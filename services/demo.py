@@ -1,23 +1,26 @@
-"""`vigil demo`: Vigil with a simulated population, from an empty machine to readings flowing.
+"""`vigil demo`: the whole system with a simulated population, from an empty machine.
 
 1. Resolve the database and the broker: the configured ones when they answer, else private servers
-   under VIGIL_STATE_DIR (services.embedded). The broker is not used by the pipeline yet; its URL
-   is printed because the MQTT gateway needs it next.
+   under VIGIL_STATE_DIR (services.embedded).
 2. Migrate, write the seeded population to state_dir/demo-population.yaml and import it (the same
    file on every run, so a rerun imports nothing new).
-3. Stream simulated readings through the reading pipeline at `rate` per second, in small batches,
-   until Ctrl-C / SIGTERM or `duration` seconds. Each device continues its sequence numbers from
-   what the database already holds, as a real meter's counter would.
+3. `vigil up`'s roles as child processes (services/up.py): a gateway worker (which runs the rule
+   engine after each commit), the scheduler, the coach console and the member app API, whichever
+   this build has; a console login is created and printed with the console's address.
+4. Every simulated device is a virtual cellular meter (simulators/meter.py) publishing its
+   readings over MQTT at `rate` per second in total, with store-and-forward until Vigil acks
+   them, until Ctrl-C / SIGTERM or `duration` seconds. Each device continues its sequence numbers
+   from what the database already holds, as a real meter's counter would. Dangerous readings
+   among them raise alerts that appear in the console's queue live.
 
 stdout carries the endpoints at the start and the summary at the end; progress goes to stderr.
-The readings go straight into the pipeline core, the same call every transport makes; the
-simulated devices publishing over MQTT come with the gateway.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -34,7 +37,7 @@ import asyncpg
 import yaml
 from pydantic import SecretStr
 
-from services.commands import build_pipeline, migrate_command
+from services.commands import migrate_command
 from services.embedded import (
     mqtt_reachable,
     postgres_reachable,
@@ -43,9 +46,9 @@ from services.embedded import (
 )
 from services.errors import ConfigurationError, StorageUnavailable
 from services.onboarding import import_onboarding_file
-from services.pipeline import Incoming, ReadingPipeline
 from services.settings import Settings
 from services.storage.db import open_pool
+from simulators.meter import VirtualMeter
 from simulators.population import DEMO_SEED, generate_population
 from simulators.readings import (
     GLUCOSE_LEVEL_2_HYPO_MGDL,
@@ -91,6 +94,7 @@ class _Tally:
     outcomes: Counter[str] = field(default_factory=Counter)
     low_glucose: int = 0  # stored this run, counted in the database
     severe_bp: int = 0
+    alerts: int = 0
 
     def line(self) -> str:
         rejected = self.outcomes["rejected"]
@@ -152,13 +156,6 @@ async def _run(
     async with contextlib.AsyncExitStack() as stack:
         dsn, db_note = await _database(settings, state_dir, stack)
         mqtt_url, mqtt_note = await _broker(settings, state_dir, stack)
-        print(
-            f"Vigil demo ({members} simulated members, {rate:g} readings/s)\n"
-            f"database: {redact_url(dsn)}{db_note}\n"
-            f"broker: {redact_url(mqtt_url)}{mqtt_note}\n"
-            "console: not yet built (coach console issue)",
-            flush=True,
-        )
         run_settings = settings.model_copy(
             update={"database_url": SecretStr(dsn), "mqtt_url": SecretStr(mqtt_url)}
         )
@@ -173,12 +170,80 @@ async def _run(
             simulator = ReadingSimulator(
                 population, seed=DEMO_SEED, start_seq=await _last_seqs(pool, population)
             )
+            endpoints = await _start_roles(run_settings, state_dir, pool, stack, stop)
+            print(
+                f"Vigil demo ({members} simulated members, {rate:g} readings/s over MQTT)\n"
+                f"database: {redact_url(dsn)}{db_note}\n"
+                f"broker: {redact_url(mqtt_url)}{mqtt_note}\n" + endpoints,
+                flush=True,
+            )
             member_ids = [m["id"] for m in population["members"]]
-            pipeline = build_pipeline(pool, run_settings)
-            tally, elapsed = await _stream(pipeline, pool, simulator, member_ids=member_ids,
-                                           rate=rate, duration=duration, stop=stop)  # fmt: skip
+            tally, elapsed = await _stream(mqtt_url, settings.mqtt_prefix, pool, simulator,
+                                           member_ids=member_ids, rate=rate,
+                                           duration=duration, stop=stop)  # fmt: skip
+        stop.set()  # the roles stop with the exit stack
     print(f"demo finished after {elapsed:.1f} s: {tally.line()}", flush=True)
-    print(f"{tally.hazards()} (clinical alerts come with the rule engine)", flush=True)
+    print(f"{tally.hazards()}; alerts raised: {tally.alerts}", flush=True)
+
+
+def _registered() -> set[str]:
+    from services.cli import app
+
+    names = {c.name or (c.callback.__name__ if c.callback else "") for c in app.registered_commands}
+    return names | {g.name or "" for g in app.registered_groups}
+
+
+async def _start_roles(
+    settings: Settings,
+    state_dir: Path,
+    pool: asyncpg.Pool,
+    stack: contextlib.AsyncExitStack,
+    stop: asyncio.Event,
+) -> str:
+    """`vigil up`'s roles for the demo; returns the lines to print about them."""
+    from services.embedded import free_port
+    from services.up import Role, run_roles, vigil_argv
+
+    env = {
+        "VIGIL_DATABASE_URL": settings.dsn(),
+        "VIGIL_MQTT_URL": settings.mqtt_url.get_secret_value(),
+        "VIGIL_GATEWAY_GROUP": "vigil-demo",
+        "VIGIL_GATEWAY_METRICS_PORT": "0",
+        "VIGIL_STATE_DIR": str(state_dir),
+    }
+    have = _registered()
+    roles = [Role("gateway", vigil_argv("gateway", "--worker-id", "demo-0"), env)]
+    lines = []
+    if "scheduler" in have:
+        roles.append(Role("scheduler", vigil_argv("scheduler"), env))
+    if "console" in have:
+        port = free_port()
+        roles.append(Role("console", vigil_argv("console", "--port", str(port)), env))
+        login = await _console_login(settings, pool)
+        lines.append(f"console: http://127.0.0.1:{port}/login\n{login}")
+    else:
+        lines.append("console: not in this build")
+    if "api" in have:
+        port = free_port()
+        roles.append(Role("api", vigil_argv("api", "--port", str(port)), env))
+        lines.append(f"member app API: http://127.0.0.1:{port}/v1/")
+    roles_stop = asyncio.Event()
+    task = asyncio.get_running_loop().create_task(run_roles(roles, roles_stop))
+
+    async def finish() -> None:
+        roles_stop.set()
+        await task
+
+    stack.push_async_callback(finish)
+    return "\n".join(lines)
+
+
+async def _console_login(settings: Settings, pool: asyncpg.Pool) -> str:
+    """A demo coach login for the console (created once; the password is printed each run)."""
+    from coach_console.accounts import ensure_demo_login  # type: ignore[import-not-found]
+
+    user, password = await ensure_demo_login(pool, settings)
+    return f"login: {user} / {password}"
 
 
 async def _database(
@@ -229,7 +294,8 @@ async def _last_seqs(pool: asyncpg.Pool, population: dict[str, Any]) -> dict[str
 
 
 async def _stream(
-    pipeline: ReadingPipeline,
+    mqtt_url: str,
+    prefix: str,
     pool: asyncpg.Pool,
     simulator: ReadingSimulator,
     *,
@@ -238,7 +304,14 @@ async def _stream(
     duration: float | None,
     stop: asyncio.Event,
 ) -> tuple[_Tally, float]:
+    """Publish the simulator's readings from virtual meters over MQTT, paced at `rate`."""
     loop = asyncio.get_running_loop()
+    host, _, port = urlsplit(mqtt_url).netloc.rpartition("@")[2].partition(":")
+    meters = {
+        d: VirtualMeter(d, host=host or "127.0.0.1", port=int(port or 1883), prefix=prefix,
+                        resend_after=10.0)
+        for d in simulator.device_ids
+    }  # fmt: skip
     batch = max(1, min(MAX_BATCH, round(rate / BATCHES_PER_SECOND)))
     period = batch / rate
     started = loop.time()
@@ -247,30 +320,48 @@ async def _stream(
     tally = _Tally()
     next_batch = next_progress = started
     next_progress += PROGRESS_EVERY
+    meters_stop = asyncio.Event()
+    tasks = [loop.create_task(m.run(meters_stop)) for m in meters.values()]
     try:
         while not stop.is_set() and (deadline is None or loop.time() < deadline):
             now = datetime.now(UTC)
-            readings = simulator.take(now, batch)
-            result = await pipeline.process(
-                [Incoming(raw=r.payload, received_at=now, transport=DEMO_TRANSPORT)
-                 for r in readings]
-            )  # fmt: skip
-            tally.sent += len(readings)
-            tally.outcomes.update(result.counts())
+            for r in simulator.take(now, batch):
+                meters[r.device_id].record([json.loads(r.payload)])
+                tally.sent += 1
             if loop.time() >= next_progress:
+                _tally_meters(meters, tally)
                 await _count_hazards(pool, member_ids, since, tally)
-                _progress(f"{loop.time() - started:6.1f} s  {tally.line()}; {tally.hazards()}")
+                _progress(f"{loop.time() - started:6.1f} s  {tally.line()}; {tally.hazards()}; "
+                          f"alerts raised: {tally.alerts}")  # fmt: skip
                 next_progress += PROGRESS_EVERY
-            # Keep the average rate; after a stall (a slow batch) do not burst to catch up.
             next_batch = max(next_batch + period, loop.time() - period)
             wake = next_batch if deadline is None else min(next_batch, deadline)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout_at(wake):
                     await stop.wait()
+        # Let the meters deliver what they hold (bounded), then count.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(10):
+                while any(m.backlog for m in meters.values()):  # noqa: ASYNC110
+                    await asyncio.sleep(0.2)
+        _tally_meters(meters, tally)
         await _count_hazards(pool, member_ids, since, tally)
     except _CONNECTION_LOST as exc:
         raise StorageUnavailable(f"lost PostgreSQL during the demo: {exc}") from exc
+    finally:
+        meters_stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
     return tally, loop.time() - started
+
+
+def _tally_meters(meters: dict[str, VirtualMeter], tally: _Tally) -> None:
+    tally.outcomes = Counter()
+    for m in meters.values():
+        for verdict in m.acked.values():
+            key = verdict if ":" not in verdict else "rejected"
+            tally.outcomes[key] += 1
+            if ":" in verdict:
+                tally.outcomes[verdict] += 1
 
 
 async def _count_hazards(
@@ -280,13 +371,16 @@ async def _count_hazards(
     row = await pool.fetchrow(
         "SELECT count(*) FILTER (WHERE glucose_mgdl < $3) AS low_glucose, "
         "count(*) FILTER (WHERE systolic_mmhg > $4 OR diastolic_mmhg > $5) AS severe_bp "
-        "FROM readings WHERE member_id = ANY($1::text[]) AND effective_at >= $2 "
-        "AND transport = $6",
+        "FROM readings WHERE member_id = ANY($1::text[]) AND received_at >= $2",
         member_ids, since, GLUCOSE_LEVEL_2_HYPO_MGDL, SEVERE_SYSTOLIC_MMHG,
-        SEVERE_DIASTOLIC_MMHG, DEMO_TRANSPORT,
+        SEVERE_DIASTOLIC_MMHG,
     )  # fmt: skip
     if row is not None:
         tally.low_glucose, tally.severe_bp = row["low_glucose"], row["severe_bp"]
+    tally.alerts = await pool.fetchval(
+        "SELECT count(*) FROM alerts WHERE member_id = ANY($1::text[]) AND opened_at >= $2",
+        member_ids, since,
+    )  # fmt: skip
 
 
 def _progress(message: str) -> None:
