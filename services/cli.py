@@ -270,7 +270,14 @@ def _register_simulate() -> None:
     app.command("simulate")(simulate)
 
 
+def _register_scheduler() -> None:
+    from services.cli_scheduler import scheduler
+
+    app.command("scheduler")(scheduler)
+
+
 _register_simulate()
+_register_scheduler()
 
 
 @app.command("demo")

@@ -24,6 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 # Tables that hold data (not migrations' reference rows such as programs or vigil_meta).
 DATA_TABLES = (
+    "scheduler_jobs",
     "alert_events", "alert_readings", "alerts", "rule_outbox",
     "readings", "reading_keys", "quarantine", "device_assignments", "devices", "enrollments",
     "care_plans", "members", "coaches", "contract_device_prices", "contract_prices", "contracts",

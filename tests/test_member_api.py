@@ -751,3 +751,21 @@ async def test_errors_are_json_with_closed_codes(api: AsgiClient, db: asyncpg.Po
         "client_id": "acme", "member_id": "m-1", "birth_date": "31/12/1960"})  # fmt: skip
     assert (r.status, _error(r)) == (422, "invalid_request")
     assert b"31/12/1960" not in r.content  # the input is not echoed
+
+
+async def test_inbox_shows_only_the_members_own_messages(
+    api: AsgiClient, db: asyncpg.Pool
+) -> None:
+    await _member(db, "m-1", {"gm-1": "glucose_meter"})
+    await _member(db, "m-2", {"gm-2": "glucose_meter"})
+    t1 = await _signup(api, "m-1")
+    await db.execute(
+        "INSERT INTO member_messages (member_id, kind, template, body, language, created_at, "
+        "deliver_after, dedupe_key) VALUES ('m-1', 'nudge', 't', 'Retest in 15 minutes', 'en', "
+        "now() - interval '1 minute', now() - interval '1 minute', 'k1'), "
+        "('m-2', 'nudge', 't', 'Not yours', 'en', now(), now(), 'k2')"
+    )
+    r = await api.request("GET", "/v1/me/messages", token=t1)
+    assert r.status == 200, r.content
+    assert [m["body"] for m in r.json()["messages"]] == ["Retest in 15 minutes"]
+    assert (await api.request("GET", "/v1/me/messages")).status == 401

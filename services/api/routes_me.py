@@ -250,3 +250,17 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str, int, int]:
             ErrorCode.INVALID_CURSOR, "cursor is not one this API returned"
         ) from None
     return after
+
+
+@router.get("/messages", responses={401: {}})
+async def my_messages(
+    member: CurrentMember,
+    pool: Pool,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> dict[str, Any]:
+    """The member's inbox: nudges and coach messages, newest first (quiet-hour messages appear
+    when they are due)."""
+    from alerting.inbox import inbox
+
+    messages = await inbox(pool, member.member_id, limit)
+    return {"messages": [m.as_json() for m in messages]}
