@@ -761,9 +761,9 @@ async def test_inbox_shows_only_the_members_own_messages(
     t1 = await _signup(api, "m-1")
     await db.execute(
         "INSERT INTO member_messages (member_id, kind, template, body, language, created_at, "
-        "deliver_after, dedupe_key) VALUES ('m-1', 'nudge', 't', 'Retest in 15 minutes', 'en', "
+        "deliver_after, dedupe_key) VALUES ('m-1', 'low_treatment', 't', 'Retest in 15 minutes', 'en', "
         "now() - interval '1 minute', now() - interval '1 minute', 'k1'), "
-        "('m-2', 'nudge', 't', 'Not yours', 'en', now(), now(), 'k2')"
+        "('m-2', 'coach', 't', 'Not yours', 'en', now(), now(), 'k2')"
     )
     r = await api.request("GET", "/v1/me/messages", token=t1)
     assert r.status == 200, r.content
