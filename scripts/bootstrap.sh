@@ -15,8 +15,10 @@ cd "$(dirname "$0")/.."
 #                       named here for releases where it is separate
 #   mosquitto           the MQTT broker (gateway, tests, the demo's private broker)
 #   mosquitto-clients   mosquitto_pub / mosquitto_sub, for poking at the broker by hand
-DEBIAN_PACKAGES=(postgresql postgresql-contrib mosquitto mosquitto-clients)
-# --- Browser tests (coach console issue): add chromium and chromium-driver here. ---
+#   chromium            headless browser for the coach console's browser tests
+#   chromium-driver     /usr/bin/chromedriver of the same Chromium build (Selenium drives it;
+#                       nothing downloads a driver or a browser at test time)
+DEBIAN_PACKAGES=(postgresql postgresql-contrib mosquitto mosquitto-clients chromium chromium-driver)
 
 VENV=.venv
 STAMP="$VENV/.vigil-pyproject.sha256"

@@ -270,6 +270,13 @@ def _register_simulate() -> None:
     app.command("simulate")(simulate)
 
 
+def _register_console() -> None:
+    from services.cli_console import console, users_app
+
+    app.command("console")(console)
+    app.add_typer(users_app, name="users")
+
+
 def _register_scheduler() -> None:
     from services.cli_scheduler import scheduler
 
@@ -278,6 +285,7 @@ def _register_scheduler() -> None:
 
 _register_simulate()
 _register_scheduler()
+_register_console()
 
 
 @app.command("demo")

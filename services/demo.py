@@ -240,7 +240,7 @@ async def _start_roles(
 
 async def _console_login(settings: Settings, pool: asyncpg.Pool) -> str:
     """A demo coach login for the console (created once; the password is printed each run)."""
-    from coach_console.accounts import ensure_demo_login  # type: ignore[import-not-found]
+    from coach_console.accounts import ensure_demo_login
 
     user, password = await ensure_demo_login(pool, settings)
     return f"login: {user} / {password}"

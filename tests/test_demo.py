@@ -67,7 +67,8 @@ async def test_demo_streams_readings_into_the_configured_database(
     lines = out.splitlines()
     assert f"database: {database_url}" in lines
     assert any(line.startswith("broker: mqtt://") for line in lines)
-    assert "console: not yet built (coach console issue)" in lines
+    assert any(line.startswith("console: http://127.0.0.1:") for line in lines)
+    assert any(line.startswith("login: demo-coach") for line in lines)
     assert "vigil demo:" not in out  # progress goes to stderr, never stdout
     assert "vigil demo:" in err
     assert (tmp_path / "demo-population.yaml").exists()
@@ -83,15 +84,21 @@ async def test_demo_streams_readings_into_the_configured_database(
     try:
         rows = await conn.fetch(
             "SELECT member_id, count(*) AS n FROM readings "
-            "WHERE transport = 'demo' AND received_at >= $1 GROUP BY member_id",
+            "WHERE transport = 'mqtt' AND received_at >= $1 GROUP BY member_id",
             started,
         )
         members = await conn.fetchval(
             "SELECT count(*) FROM members WHERE id = ANY($1::text[])", list(expected)
         )
+        alerts = await conn.fetchval(
+            "SELECT count(*) FROM alerts WHERE member_id = ANY($1::text[]) AND opened_at >= $2",
+            list(expected), started,
+        )  # fmt: skip
     finally:
         await conn.close()
     assert members == 10
+    # the seeded simulation includes dangerous readings: the rule engine raised alerts for them
+    assert alerts > 0 and f"alerts raised: {alerts}" in out
     assert sum(r["n"] for r in rows) == accepted
     assert {r["member_id"] for r in rows} <= expected
     assert len(rows) >= 5  # readings reach most members, not one device
