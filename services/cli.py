@@ -7,8 +7,6 @@ migration was edited.
 
 from __future__ import annotations
 
-import logging
-import sys
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -16,10 +14,11 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from services.cli_ble import ble_app
+from services.cli_common import load_settings as _settings
+from services.cli_common import setup_logging as _logging
 from services.cli_devices import broker_app, devices_app
 from services.errors import VigilError
 from services.runtime import run_loop
-from services.settings import Settings
 
 T = TypeVar("T")
 
@@ -52,20 +51,8 @@ app.add_typer(alerts_app, name="alerts")
 app.add_typer(quarantine_app, name="quarantine")
 
 
-def _settings() -> Settings:
-    try:
-        return Settings()
-    except ValueError as exc:  # pydantic's ValidationError is a ValueError
-        typer.echo(f"vigil: configuration error: {exc}", err=True)
-        raise typer.Exit(2) from None
 
 
-def _logging(settings: Settings) -> None:
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:

@@ -18,7 +18,6 @@ import asyncio
 import json
 import logging
 import signal
-import sys
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,8 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
+from services.cli_common import load_settings as _settings
+from services.cli_common import setup_logging as _logging
 from services.errors import VigilError
 from services.settings import Settings
 
@@ -73,20 +74,8 @@ def queue_path(settings: Settings) -> Path:
     return Path(settings.state_dir) / "ble" / "queue.sqlite3"
 
 
-def _settings() -> Settings:
-    try:
-        return Settings()
-    except ValueError as exc:  # pydantic's ValidationError is a ValueError
-        typer.echo(f"vigil: configuration error: {exc}", err=True)
-        raise typer.Exit(EXIT_CONFIG) from None
 
 
-def _logging(settings: Settings) -> None:
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:

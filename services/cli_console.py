@@ -18,6 +18,8 @@ from typing import Annotated, Any, TypeVar
 import asyncpg
 import typer
 
+from services.cli_common import load_settings as _settings
+from services.cli_common import setup_logging as _logging
 from services.errors import VigilError
 from services.runtime import run_loop
 from services.settings import Settings
@@ -34,20 +36,8 @@ users_app = typer.Typer(
 )
 
 
-def _settings() -> Settings:
-    try:
-        return Settings()
-    except ValueError as exc:  # pydantic's ValidationError is a ValueError
-        typer.echo(f"vigil: configuration error: {exc}", err=True)
-        raise typer.Exit(2) from None
 
 
-def _logging(settings: Settings) -> None:
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
-import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -37,6 +35,7 @@ from device_gateway.broker import (
     write_access_files,
     write_broker_config,
 )
+from services.cli_common import setup_logging as _logging
 from services.errors import ConfigurationError
 from services.settings import Settings
 
@@ -248,9 +247,6 @@ def _settings() -> tuple[Settings, BrokerSettings]:
         raise typer.Exit(2) from None
 
 
-def _logging(settings: Settings) -> None:
-    logging.basicConfig(stream=sys.stderr, level=settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
