@@ -56,8 +56,17 @@ async def refresh_rollups_command(settings: Settings, since: datetime | None) ->
 async def alerts_list_command(settings: Settings, status: str, fmt: str, limit: int) -> str:
     from alerting.lifecycle import queue
 
+    import getpass
+
+    from coach_console.audit import audit
+
     async with open_pool(settings.dsn(), max_size=1) as pool:
         alerts = await queue(pool, status=status, limit=limit)
+        # Printing alerts shows members' clinical values: every read by a person is audited.
+        actor = f"cli:{getpass.getuser()}"
+        async with pool.acquire() as conn, conn.transaction():
+            for member_id in sorted({a.member_id for a in alerts}):
+                await audit(conn, actor, "alerts.list", member_id, {"status": status})
     if fmt == "jsonl":
         return "\n".join(json.dumps(a.as_json()) for a in alerts)
     lines = [f"{'id':>7}  {'tier':<8} {'rule':<24} {'member':<14} {'status':<12} "

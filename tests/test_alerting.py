@@ -288,3 +288,24 @@ async def test_alerts_list_cli_prints_the_queue_in_priority_order(
     assert {"id", "member_id", "rule", "tier", "status", "retrospective", "opened_at", "count",
             "worst_value"} <= set(rows[0])  # fmt: skip
     assert rows[2]["worst_value"] == str(Decimal(45))
+
+
+async def test_alerts_list_cli_audits_the_members_it_shows(world: World, database_url: str) -> None:
+    import asyncio
+    import os
+    import sys
+    from pathlib import Path
+
+    await world.glucose(50)
+    proc = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).with_name("vigil")), "alerts", "list",
+        env={**os.environ, "VIGIL_DATABASE_URL": database_url},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await proc.communicate()
+    assert proc.returncode == 0, err
+    rows = await world.db.fetch(
+        "SELECT actor, action, member_id FROM audit_log WHERE action = 'alerts.list'"
+    )
+    assert [(r["action"], r["member_id"]) for r in rows][-1:] == [("alerts.list", "m-1")]
+    assert rows[-1]["actor"].startswith("cli:")
