@@ -26,15 +26,14 @@ import hashlib
 import os
 import sys
 import tempfile
-import time
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import orjson
 
+from bench.ingest_file import baseline_staging_copy
 from bench.ingest_mqtt import (
     Fleet,
     GatewayTuning,
@@ -49,14 +48,6 @@ from services.settings import Settings
 
 TARGET = Target("ratio", 0.7, "at_least")
 READINGS_PER_MESSAGE = 50
-
-_COLUMNS = (
-    "device_id", "seq_epoch", "seq", "effective_at", "member_id", "kind", "source", "measured_at",
-    "measured_offset", "received_at", "clock_corrected", "flags", "unit", "value", "systolic",
-    "diastolic", "mean_arterial", "pulse", "meal", "glucose_mgdl", "systolic_mmhg",
-    "diastolic_mmhg", "mean_arterial_mmhg", "weight_kg", "transport", "content_hash",
-)  # fmt: skip
-
 
 def baseline_rows(fleet: Fleet, now: datetime) -> list[tuple[Any, ...]]:
     """The fleet's readings as `readings` rows, in the order they are published."""
@@ -73,34 +64,6 @@ def baseline_rows(fleet: Fleet, now: datetime) -> list[tuple[Any, ...]]:
                     "mqtt", hashlib.blake2b(orjson.dumps(r), digest_size=16).digest(),
                 ))  # fmt: skip
     return rows
-
-
-async def baseline_staging_copy(dsn: str, rows: list[tuple[Any, ...]], batch: int) -> float:
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute("DROP TABLE IF EXISTS bench_readings")
-        await conn.execute("CREATE TABLE bench_readings (LIKE readings INCLUDING ALL)")
-        await conn.execute(
-            "CREATE TEMP TABLE stage (LIKE readings INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
-        )
-        cols = ", ".join(_COLUMNS)
-        t0 = time.monotonic()
-        for i in range(0, len(rows), batch):
-            async with conn.transaction():
-                await conn.copy_records_to_table(
-                    "stage", records=rows[i : i + batch], columns=_COLUMNS
-                )
-                await conn.execute(
-                    f"INSERT INTO bench_readings ({cols}) SELECT {cols} FROM stage "
-                    "ON CONFLICT DO NOTHING"
-                )
-        stored = await conn.fetchval("SELECT count(*) FROM bench_readings")
-        elapsed = time.monotonic() - t0
-    finally:
-        await conn.close()
-    if stored != len(rows):
-        raise RuntimeError(f"baseline stored {stored} of {len(rows)} rows")
-    return elapsed
 
 
 async def run(settings: Settings, quick: bool) -> dict[str, Any]:

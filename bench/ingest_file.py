@@ -104,7 +104,7 @@ def _baseline_rows(readings: list[dict[str, Any]], now: datetime) -> list[tuple[
     return rows
 
 
-_COLUMNS = (
+READING_COLUMNS = (
     "device_id", "seq_epoch", "seq", "effective_at", "member_id", "kind", "source", "measured_at",
     "measured_offset", "received_at", "clock_corrected", "flags", "unit", "value", "systolic",
     "diastolic", "mean_arterial", "pulse", "meal", "glucose_mgdl", "systolic_mmhg",
@@ -112,19 +112,25 @@ _COLUMNS = (
 )  # fmt: skip
 
 
-async def _baseline(dsn: str, rows: list[tuple[Any, ...]]) -> float:
+async def baseline_staging_copy(
+    dsn: str, rows: list[tuple[Any, ...]], batch: int = BATCH
+) -> float:
+    """The raw baseline: COPY `rows` into a temporary stage and INSERT .. SELECT .. ON CONFLICT
+    DO NOTHING into a table like `readings` (same columns and indexes), `batch` rows per
+    transaction. Returns the seconds it took."""
     conn = await asyncpg.connect(dsn)
     try:
+        await conn.execute("DROP TABLE IF EXISTS bench_readings")
         await conn.execute("CREATE TABLE bench_readings (LIKE readings INCLUDING ALL)")
         await conn.execute(
             "CREATE TEMP TABLE stage (LIKE readings INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
         )
-        cols = ", ".join(_COLUMNS)
+        cols = ", ".join(READING_COLUMNS)
         t0 = time.perf_counter()
-        for i in range(0, len(rows), BATCH):
+        for i in range(0, len(rows), batch):
             async with conn.transaction():
                 await conn.copy_records_to_table(
-                    "stage", records=rows[i : i + BATCH], columns=_COLUMNS
+                    "stage", records=rows[i : i + batch], columns=READING_COLUMNS
                 )
                 await conn.execute(
                     f"INSERT INTO bench_readings ({cols}) SELECT {cols} FROM stage "
@@ -132,11 +138,11 @@ async def _baseline(dsn: str, rows: list[tuple[Any, ...]]) -> float:
                 )
         elapsed = time.perf_counter() - t0
         stored = await conn.fetchval("SELECT count(*) FROM bench_readings")
-        if stored != len(rows):
-            raise RuntimeError(f"baseline stored {stored} of {len(rows)} rows")
-        return elapsed
     finally:
         await conn.close()
+    if stored != len(rows):
+        raise RuntimeError(f"baseline stored {stored} of {len(rows)} rows")
+    return elapsed
 
 
 def _vigil_ingest(dsn: str, path: Path) -> tuple[float, str]:
@@ -175,7 +181,8 @@ async def run(settings: Settings, quick: bool) -> dict[str, Any]:
             with path.open("wb") as fh:
                 for r in readings:
                     fh.write(orjson.dumps(r) + b"\n")
-            baseline_s = await _baseline(dsn, _baseline_rows(readings, datetime.now(UTC)))
+            rows = _baseline_rows(readings, datetime.now(UTC))
+            baseline_s = await baseline_staging_copy(dsn, rows)
             vigil_s, counts = _vigil_ingest(dsn, path)
         conn = await asyncpg.connect(dsn)
         try:
