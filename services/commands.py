@@ -54,10 +54,9 @@ async def refresh_rollups_command(settings: Settings, since: datetime | None) ->
 
 
 async def alerts_list_command(settings: Settings, status: str, fmt: str, limit: int) -> str:
-    from alerting.lifecycle import queue
-
     import getpass
 
+    from alerting.lifecycle import queue
     from coach_console.audit import audit
 
     async with open_pool(settings.dsn(), max_size=1) as pool:
