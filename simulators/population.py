@@ -59,7 +59,9 @@ _PROFILE_WEIGHTS: Final = [p.weight for p in _PROFILES]
 
 
 @dataclass(frozen=True, slots=True)
-class _Client:
+class Client:
+    """A B2B client of a simulated population (also used by simulators/profiles.py)."""
+
     id: str
     name: str
     timezone: str
@@ -69,7 +71,7 @@ class _Client:
 
 
 _CLIENTS: Final = (
-    _Client(
+    Client(
         "demo-prairie-health",
         "Prairie Health Plan (demo)",
         "America/Chicago",
@@ -83,7 +85,7 @@ _CLIENTS: Final = (
             (("hypertension", "weight_management"), "84.00"),
         ),
     ),
-    _Client(
+    Client(
         "demo-harbor-employers",
         "Harbor Employers Trust (demo)",
         "America/Los_Angeles",
@@ -128,7 +130,7 @@ def generate_population(members: int, *, seed: int = DEMO_SEED) -> dict[str, Any
     }
 
 
-def _client(c: _Client) -> dict[str, Any]:
+def _client(c: Client) -> dict[str, Any]:
     return {
         "id": c.id,
         "name": c.name,

@@ -28,7 +28,7 @@ from simulators.physiology import (
     Risk,
     WeightParams,
 )
-from simulators.population import AREA_CODES, FIRST_NAMES, SURNAMES
+from simulators.population import AREA_CODES, FIRST_NAMES, SURNAMES, Client
 
 #: Device kind -> id prefix (the same as the demo population's).
 DEVICE_PREFIX: Final[dict[str, str]] = {"glucose_meter": "gm", "bp_monitor": "bp", "scale": "sc"}
@@ -78,16 +78,6 @@ DEFAULT_RISK: Final[dict[str, float]] = {"low": 45, "moderate": 35, "high": 20}
 #: bedtime), and how often each plan is given.
 T2_TESTS_PER_DAY: Final[tuple[tuple[int, float], ...]] = ((1, 0.25), (2, 0.55), (3, 0.2))
 T1_TESTS_PER_DAY: Final = 4
-
-
-@dataclass(frozen=True, slots=True)
-class Client:
-    id: str
-    name: str
-    timezone: str
-    member_zones: tuple[str, ...]
-    bundle_fallback: str
-    prices: tuple[tuple[tuple[str, ...], str], ...]
 
 
 CLIENTS: Final = (
