@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final, Literal
@@ -237,10 +238,13 @@ async def set_disabled(conn: Connection, coach_id: str, disabled: bool, now: dat
             )  # fmt: skip
 
 
-async def ensure_demo_login(pool: asyncpg.Pool, settings: Settings) -> tuple[str, str]:
-    """`vigil demo`'s console login: the coach with the largest caseload (a new `demo-coach`
-    when there is none) gets an account and a fresh random password each run, returned so the
-    demo can print it. Development only: refused when VIGIL_ENV is not development."""
+async def ensure_demo_login(
+    pool: asyncpg.Pool, settings: Settings, coach_ids: Sequence[str] | None = None
+) -> tuple[str, str]:
+    """`vigil demo`'s console login: the coach with the largest caseload (among `coach_ids`,
+    the demo population's coaches, when given; a new `demo-coach` when there is none) gets an
+    account and a fresh random password each run, returned so the demo can print it.
+    Development only: refused when VIGIL_ENV is not development."""
     if settings.env != "development":
         raise AccountError("demo logins exist only with VIGIL_ENV=development")
     password = secrets.token_urlsafe(12)
@@ -248,7 +252,9 @@ async def ensure_demo_login(pool: asyncpg.Pool, settings: Settings) -> tuple[str
     async with pool.acquire() as conn, conn.transaction():
         coach_id: str | None = await conn.fetchval(
             """SELECT c.id FROM coaches c LEFT JOIN members m ON m.coach_id = c.id
-               WHERE c.role = 'coach' GROUP BY c.id ORDER BY count(m.id) DESC, c.id LIMIT 1"""
+               WHERE c.role = 'coach' AND ($1::text[] IS NULL OR c.id = ANY($1::text[]))
+               GROUP BY c.id ORDER BY count(m.id) DESC, c.id LIMIT 1""",
+            None if coach_ids is None else list(coach_ids),
         )
         if coach_id is None:
             coach_id = "demo-coach"

@@ -170,7 +170,8 @@ async def _run(
             simulator = ReadingSimulator(
                 population, seed=DEMO_SEED, start_seq=await _last_seqs(pool, population)
             )
-            endpoints = await _start_roles(run_settings, state_dir, pool, stack, stop)
+            coaches = [c["id"] for c in population.get("coaches", [])]
+            endpoints = await _start_roles(run_settings, state_dir, pool, stack, coaches)
             print(
                 f"Vigil demo ({members} simulated members, {rate:g} readings/s over MQTT)\n"
                 f"database: {redact_url(dsn)}{db_note}\n"
@@ -198,7 +199,7 @@ async def _start_roles(
     state_dir: Path,
     pool: asyncpg.Pool,
     stack: contextlib.AsyncExitStack,
-    stop: asyncio.Event,
+    coaches: list[str],
 ) -> str:
     """`vigil up`'s roles for the demo; returns the lines to print about them."""
     from services.embedded import free_port
@@ -219,7 +220,7 @@ async def _start_roles(
     if "console" in have:
         port = free_port()
         roles.append(Role("console", vigil_argv("console", "--port", str(port)), env))
-        login = await _console_login(settings, pool)
+        login = await _console_login(settings, pool, coaches)
         lines.append(f"console: http://127.0.0.1:{port}/login\n{login}")
     else:
         lines.append("console: not in this build")
@@ -238,11 +239,11 @@ async def _start_roles(
     return "\n".join(lines)
 
 
-async def _console_login(settings: Settings, pool: asyncpg.Pool) -> str:
+async def _console_login(settings: Settings, pool: asyncpg.Pool, coaches: list[str]) -> str:
     """A demo coach login for the console (created once; the password is printed each run)."""
     from coach_console.accounts import ensure_demo_login
 
-    user, password = await ensure_demo_login(pool, settings)
+    user, password = await ensure_demo_login(pool, settings, coaches)
     return f"login: {user} / {password}"
 
 
